@@ -1,0 +1,25 @@
+# The two commands of README.md: `make demo` (the pipeline on Python's reference docs) and `make test`.
+# Both bootstrap the pinned virtualenv once per machine (scripts/bootstrap.sh) and start what they need.
+SHELL := /bin/bash
+.ONESHELL:
+.PHONY: venv demo test test-unit lint schema
+
+VENV_CMD = venv="$$(bash scripts/bootstrap.sh | tail -n 1)"; export PATH="$$venv/bin:$$PATH"; export HF_HUB_OFFLINE=1
+
+venv:
+	@$(VENV_CMD); echo "$$venv"
+
+demo:
+	@$(VENV_CMD); python -m devstack.demo $(ARGS)
+
+lint:
+	@$(VENV_CMD); ruff check workers devstack tests bench
+
+test:
+	@$(VENV_CMD); ruff check workers devstack tests bench && python -m pytest -q -p no:cacheprovider $(ARGS)
+
+test-unit:
+	@$(VENV_CMD); python -m pytest -q tests/unit $(ARGS)
+
+schema:
+	@$(VENV_CMD); ragstream schema --out schemas

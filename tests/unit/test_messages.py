@@ -1,0 +1,57 @@
+"""Wire models and serde: validation errors become MessageError with a reason, never a crash."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from workers.errors import MessageError
+from workers.messages import WIRE_MODELS, ErrorInfo, Request, Response
+from workers.serde import decode, encode
+
+
+def test_request_round_trip() -> None:
+    req = Request(query="What does pass do?", top_k=3, filters={"document_id": ["pass"]})
+    back = decode(encode(req), Request)
+    assert back == req
+    assert back.schema_version == 1
+    assert back.created_at.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", "empty"),
+        (b"\xff\xfe not utf8", "UTF-8"),
+        (b"{not json", "not JSON"),
+        (json.dumps({"schema_version": 2, "query": "q"}).encode(), "schema_version"),
+        (json.dumps({"schema_version": 1}).encode(), "query"),
+        (json.dumps({"schema_version": 1, "query": ""}).encode(), "query"),
+    ],
+)
+def test_bad_requests_raise_message_error_with_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(MessageError) as exc:
+        decode(raw, Request)
+    assert reason in str(exc.value)
+
+
+def test_ok_response_needs_answer_and_error_response_needs_error() -> None:
+    rid = uuid.uuid4()
+    with pytest.raises(ValueError):
+        Response(request_id=rid, status="ok", answer=None)
+    with pytest.raises(ValueError):
+        Response(request_id=rid, status="error", answer=None)
+    r = Response(request_id=rid, status="expired", answer=None,
+                 error=ErrorInfo(error_class="expired", message="late", stage="retriever"))
+    assert decode(encode(r), Response).status == "expired"
+    raw = json.dumps({"schema_version": 1, "request_id": str(rid), "status": "ok", "answer": None}).encode()
+    with pytest.raises(MessageError):
+        decode(raw, Response)
+
+
+def test_json_schemas_have_schema_version() -> None:
+    for name, model in WIRE_MODELS.items():
+        schema = model.model_json_schema()
+        assert "schema_version" in schema["properties"], name

@@ -1,0 +1,228 @@
+"""The ``ragstream`` command line (typer): topics, schema, ingest, run, ask.
+
+Every command reads its settings from the environment (``RAG_*``, see ``workers/settings.py``) once at
+start. Errors that ragstream raises on purpose (unreachable broker or database, bad configuration) print one
+line on stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from workers.errors import RagError
+from workers.logs import configure_logging
+from workers.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="ragstream",
+    help="Streaming RAG inference on Apache Kafka: retriever (CPU), generator (TGI), monitor.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+topics_app = typer.Typer(help="Create and check the Kafka topics of topics.yaml.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+
+
+def _settings() -> Settings:
+    s = load_settings()
+    configure_logging(s.log_level, s.log_json)
+    return s
+
+
+def _default_topics_file() -> Path:
+    here = Path.cwd() / "topics.yaml"
+    if here.exists():
+        return here
+    return Path(__file__).resolve().parent.parent / "topics.yaml"
+
+
+@topics_app.command("apply")
+def topics_apply(
+    file: Annotated[Path | None, typer.Option(help="topics.yaml to apply (default: ./topics.yaml).")] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Prefix for every topic name (shadow topic sets); default RAG_TOPICS__PREFIX.")
+    ] = None,
+) -> None:
+    """Create the topics of topics.yaml that are missing and report drift; deletes nothing."""
+    from confluent_kafka.admin import AdminClient
+
+    from workers.kafka import base_config, check_broker
+    from workers.topics import apply_topics, load_topics
+
+    s = _settings()
+    check_broker(s.kafka)
+    spec = load_topics(file or _default_topics_file()).with_prefix(s.topics.prefix if prefix is None else prefix)
+    report = apply_topics(AdminClient(base_config(s.kafka)), spec)
+    for name in report.created:
+        console.print(f"created   {name}")
+    for name in report.unchanged:
+        console.print(f"ok        {name}")
+    for line in report.drift:
+        console.print(f"[yellow]drift[/]     {line}")
+    console.print(f"{len(report.created)} created, {len(report.unchanged)} unchanged, {len(report.drift)} with drift")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """List the topics on the broker with their partition counts."""
+    from confluent_kafka.admin import AdminClient
+
+    from workers.kafka import base_config, check_broker
+
+    s = _settings()
+    check_broker(s.kafka)
+    meta = AdminClient(base_config(s.kafka)).list_topics(timeout=10)
+    table = Table("topic", "partitions")
+    for name in sorted(meta.topics):
+        table.add_row(name, str(len(meta.topics[name].partitions)))
+    console.print(table)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path, typer.Option(help="Folder to write <model>.schema.json files into.")] = Path("schemas"),
+) -> None:
+    """Write the JSON Schemas of the wire models (Request, Prompt, Response, DeadLetter)."""
+    from workers.messages import WIRE_MODELS
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, model in WIRE_MODELS.items():
+        path = out / f"{name}.schema.json"
+        path.write_text(json.dumps(model.model_json_schema(), indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path | None, typer.Argument(help="Folder or file of .txt/.md documents (id = relative path).")] = None,
+    python_docs: Annotated[
+        bool, typer.Option("--python-docs", help="Ingest Python's reference docs (pydoc_data.topics, 79 topics).")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="Chunks embedded per forward pass.")] = 64,
+) -> None:
+    """Chunk, embed (all-MiniLM-L6-v2) and upsert documents into the pgvector table; re-ingesting adds nothing."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from workers.retriever.embedding import Embedder
+    from workers.retriever.ingest import ingest as run_ingest
+    from workers.retriever.ingest import path_documents, python_docs_documents
+    from workers.retriever.store import VectorStore, open_pool
+
+    if not python_docs and path is None:
+        raise typer.BadParameter("give a PATH or --python-docs")
+    s = _settings()
+    pool = open_pool(s.database_url.get_secret_value(), min_size=1, max_size=2)
+    try:
+        embedder = Embedder.from_settings(s.embedding)
+        store = VectorStore(pool, table=s.retriever.table, dimension=embedder.dimension)
+        store.ensure_schema()
+        store.check_dimension()
+        docs = python_docs_documents() if python_docs else path_documents(path)  # type: ignore[arg-type]
+        report = run_ingest(docs, embedder, store, batch_size=batch_size, progress=True)
+        console.print(
+            f"documents={report.documents} chunks={report.chunks} inserted={report.inserted} "
+            f"skipped={report.skipped} seconds={report.seconds:.1f} table={s.retriever.table} rows={store.count()}"
+        )
+    finally:
+        pool.close()
+
+
+class Worker(str, Enum):
+    """The worker processes."""
+
+    retriever = "retriever"
+    generator = "generator"
+    monitor = "monitor"
+
+
+@app.command()
+def run(worker: Annotated[Worker, typer.Argument(help="Which worker to run in this process.")]) -> None:
+    """Run one worker (retriever, generator or monitor) until SIGTERM/SIGINT."""
+    s = _settings()
+    if worker is Worker.retriever:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from workers.retriever.app import serve as serve_retriever
+
+        asyncio.run(serve_retriever(s))
+    elif worker is Worker.generator:
+        from workers.generator.app import serve as serve_generator
+
+        asyncio.run(serve_generator(s))
+    else:
+        from workers.monitor.app import run as run_monitor
+
+        run_monitor(s)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer.")],
+    top_k: Annotated[int | None, typer.Option(help="Passages to retrieve (default RAG_RETRIEVER__TOP_K).")] = None,
+    document: Annotated[list[str] | None, typer.Option(help="Only search these document ids (repeatable).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Upper bound of generated tokens.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 120.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole Response as JSON.")] = False,
+) -> None:
+    """Send one question through Kafka and print the answer, its sources and stage timings."""
+    from workers.client import RagClient
+
+    s = _settings()
+    filters: dict[str, str | list[str]] = {"document_id": list(document)} if document else {}
+    with RagClient(s) as client:
+        resp = client.ask(question, timeout_s=timeout, top_k=top_k, filters=filters, max_new_tokens=max_new_tokens)
+    if as_json:
+        console.print_json(resp.model_dump_json())
+        return
+    print_response(question, resp)
+
+
+def print_response(question: str, resp: object) -> None:
+    """Print a Response for a person: answer, sources with scores, stage timings (ms)."""
+    from workers.messages import Response
+
+    assert isinstance(resp, Response)
+    console.rule(f"[bold]{question}")
+    if resp.status != "ok":
+        console.print(f"[red]status={resp.status}[/] {resp.error.error_class if resp.error else ''}: "
+                      f"{resp.error.message if resp.error else ''}")
+    else:
+        console.print(f"[bold]answer[/] ({resp.model_id}, {resp.usage.completion_tokens} tokens, "
+                      f"finish={resp.finish_reason}):")
+        console.print(resp.answer, markup=False, highlight=False)
+    src = Table("rank", "document", "chunk", "score", title="sources")
+    for i, s in enumerate(resp.sources):
+        src.add_row(str(i + 1), s.document_id, s.chunk_id, f"{s.score:.4f}")
+    console.print(src)
+    console.print("timings (ms): " + ", ".join(f"{k}={v:.1f}" for k, v in resp.timings_ms.items()))
+
+
+def main() -> None:
+    """Entry point of the ``ragstream`` console script: one-line errors instead of tracebacks."""
+    try:
+        app()
+    except RagError as exc:
+        err_console.print(f"[red]error[/] ({exc.error_class}): {exc}", highlight=False)
+        sys.exit(2)
+    except ValidationError as exc:
+        err_console.print(f"[red]error[/] (settings): {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Client library: produce Requests, wait for the Response with the same request id.
+
+``RagClient`` keeps one idempotent producer and one consumer on the responses topic. The consumer does not
+join a consumer group: it is *assigned* every partition of the responses topic at the high watermark taken
+when the client starts, so it sees every response produced afterwards and never steals partitions from other
+clients. Responses are matched to waiting callers by request id; a request id is answered once to the caller
+(later duplicates, e.g. after a redelivery, are counted and ignored).
+
+Example::
+
+    with RagClient(load_settings()) as client:
+        resp = client.ask("What does the pass statement do?", timeout_s=60)
+        print(resp.answer)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from workers.errors import MessageError, RequestTimeoutError
+from workers.kafka import base_config, check_broker, producer_config
+from workers.messages import GenerationParams, Request, Response
+from workers.serde import decode, encode
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class RagClient:
+    """Request-reply over Kafka, by request id (sync :meth:`ask`, async :meth:`ask_async`).
+
+    Args:
+        settings: Kafka and topic settings.
+        check: fail fast with :class:`ServiceUnavailableError` when no broker answers.
+
+    Raises:
+        ServiceUnavailableError: no broker at ``settings.kafka.bootstrap_servers`` (when ``check``).
+    """
+
+    def __init__(self, settings: Settings, *, check: bool = True) -> None:
+        self.settings = settings
+        if check:
+            check_broker(settings.kafka)
+        self.requests_topic = settings.topics.name("requests")
+        self.responses_topic = settings.topics.name("responses")
+        self._producer = Producer(producer_config(settings.kafka, **{"linger.ms": 0}))
+        conf = base_config(settings.kafka)
+        conf.update({"group.id": f"ragstream-client-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+                     "fetch.wait.max.ms": 10, "enable.partition.eof": False})
+        self._consumer = Consumer(conf)
+        self._pending: dict[uuid.UUID, concurrent.futures.Future[Response]] = {}
+        self._answered: set[uuid.UUID] = set()
+        self.duplicates = 0
+        self.bad_messages = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._assign_at_end()
+        self._thread = threading.Thread(target=self._consume_loop, name="rag-client", daemon=True)
+        self._thread.start()
+
+    def _assign_at_end(self) -> None:
+        meta = self._consumer.list_topics(self.responses_topic, timeout=10.0)
+        tmeta = meta.topics.get(self.responses_topic)
+        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            raise MessageError(f"responses topic {self.responses_topic!r} does not exist (run `ragstream topics apply`)")
+        tps = []
+        for p in tmeta.partitions:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(self.responses_topic, p), timeout=10.0)
+            tps.append(TopicPartition(self.responses_topic, p, high))
+        self._consumer.assign(tps)
+
+    def _consume_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msgs = self._consumer.consume(500, timeout=0.05)
+            except (KafkaException, RuntimeError) as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("client consume failed: %s", exc)
+                continue
+            for msg in msgs:
+                if msg.error() is not None:
+                    continue
+                try:
+                    resp = decode(msg.value(), Response)
+                except MessageError as exc:
+                    self.bad_messages += 1
+                    log.debug("client skipped a bad response at offset %s: %s", msg.offset(), exc)
+                    continue
+                with self._lock:
+                    fut = self._pending.pop(resp.request_id, None)
+                    if fut is None:
+                        if resp.request_id in self._answered:
+                            self.duplicates += 1
+                        continue
+                    self._answered.add(resp.request_id)
+                if not fut.done():
+                    fut.set_result(resp)
+
+    def submit(self, request: Request) -> concurrent.futures.Future[Response]:
+        """Produce ``request`` and return a future resolved by its Response.
+
+        The key is the session id when the request has one (per-session order), else the request id.
+        """
+        fut: concurrent.futures.Future[Response] = concurrent.futures.Future()
+        with self._lock:
+            self._pending[request.request_id] = fut
+        headers: list[tuple[str, str | bytes]] = [("request_id", str(request.request_id))]
+        if request.deadline is not None:
+            headers.append(("deadline", request.deadline.isoformat()))
+        headers.append(("traceparent", f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"))
+        key = request.session_id or str(request.request_id)
+        while True:
+            try:
+                self._producer.produce(self.requests_topic, value=encode(request), key=key, headers=headers)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+        return fut
+
+    def flush(self, timeout_s: float = 10.0) -> int:
+        """Wait for produced requests to be delivered; returns how many are still queued."""
+        return int(self._producer.flush(timeout_s))
+
+    def make_request(
+        self,
+        query: str,
+        *,
+        top_k: int | None = None,
+        filters: dict[str, str | list[str]] | None = None,
+        max_new_tokens: int | None = None,
+        deadline_s: float | None = None,
+        **generation: Any,
+    ) -> Request:
+        """Build a Request (deadline given in seconds from now)."""
+        gen = GenerationParams(**({"max_new_tokens": max_new_tokens} if max_new_tokens else {}), **generation)
+        deadline = datetime.now(UTC) + timedelta(seconds=deadline_s) if deadline_s else None
+        return Request(query=query, top_k=top_k, filters=filters or {}, generation=gen, deadline=deadline)
+
+    def ask(self, query: str | Request, timeout_s: float = 60.0, **kwargs: Any) -> Response:
+        """Send one question and block until its Response arrives.
+
+        Args:
+            query: the question text, or a ready :class:`Request`.
+            timeout_s: seconds to wait for the answer.
+            **kwargs: passed to :meth:`make_request` (top_k, filters, max_new_tokens, deadline_s, ...).
+
+        Raises:
+            RequestTimeoutError: no Response for the request id within ``timeout_s``.
+        """
+        req = query if isinstance(query, Request) else self.make_request(query, **kwargs)
+        fut = self.submit(req)
+        self.flush()
+        try:
+            return fut.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            self._forget(req.request_id)
+            raise RequestTimeoutError(
+                f"no response for request {req.request_id} within {timeout_s:.0f} s "
+                f"(are the retriever and generator running? topics {self.requests_topic} → {self.responses_topic})"
+            ) from None
+
+    async def ask_async(self, query: str | Request, timeout_s: float = 60.0, **kwargs: Any) -> Response:
+        """Async form of :meth:`ask`; many may run concurrently.
+
+        Raises:
+            RequestTimeoutError: no Response for the request id within ``timeout_s``.
+        """
+        req = query if isinstance(query, Request) else self.make_request(query, **kwargs)
+        fut = self.submit(req)
+        await asyncio.get_running_loop().run_in_executor(None, self.flush)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout=timeout_s)
+        except TimeoutError:
+            self._forget(req.request_id)
+            raise RequestTimeoutError(f"no response for request {req.request_id} within {timeout_s:.0f} s") from None
+
+    def ask_many(self, requests: Iterable[Request], timeout_s: float = 120.0) -> dict[uuid.UUID, Response]:
+        """Send many requests at once and wait for all answers (by request id).
+
+        Raises:
+            RequestTimeoutError: some answers missing after ``timeout_s``; names how many.
+        """
+        futs = {r.request_id: self.submit(r) for r in requests}
+        self.flush()
+        done, not_done = concurrent.futures.wait(futs.values(), timeout=timeout_s)
+        if not_done:
+            raise RequestTimeoutError(f"{len(not_done)} of {len(futs)} requests unanswered after {timeout_s:.0f} s")
+        return {rid: f.result() for rid, f in futs.items()}
+
+    def _forget(self, request_id: uuid.UUID) -> None:
+        with self._lock:
+            self._pending.pop(request_id, None)
+
+    def close(self) -> None:
+        """Flush the producer and stop the response consumer."""
+        self._stop.set()
+        self._producer.flush(5.0)
+        self._thread.join(5.0)
+        self._consumer.close()
+
+    def __enter__(self) -> RagClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,69 @@
+"""One exception root for ragstream, with subclasses callers can act on.
+
+Upstream errors are translated inside the adapter that sees them (``embedding.py``, ``store.py``, ``llm.py``)
+into :class:`RetryableError` (try again later: overload, loading, timeout, broker or database briefly
+away) or :class:`PermanentError` (retrying cannot help: bad input, validation, misconfiguration).
+"""
+
+from __future__ import annotations
+
+
+class RagError(Exception):
+    """Root of every error raised on purpose by ragstream."""
+
+    #: Short machine-readable class written into dead letters and error responses.
+    error_class: str = "rag_error"
+
+
+class RetryableError(RagError):
+    """A transient failure: the same call may succeed later (bounded retries with backoff)."""
+
+    error_class = "retryable"
+
+
+class PermanentError(RagError):
+    """A failure that retrying cannot fix; the input is answered with an error and dead-lettered."""
+
+    error_class = "permanent"
+
+
+class ConfigError(PermanentError):
+    """Settings or environment are wrong (bad URL, unreachable service at start-up, dimension mismatch)."""
+
+    error_class = "config"
+
+
+class ServiceUnavailableError(ConfigError):
+    """A required service (Kafka broker, PostgreSQL, LLM server) cannot be reached at start-up."""
+
+    error_class = "service_unavailable"
+
+
+class DimensionMismatchError(ConfigError):
+    """The vector table's column dimension differs from the embedding model's output dimension."""
+
+    error_class = "dimension_mismatch"
+
+
+class MessageError(PermanentError):
+    """A Kafka message could not be decoded or validated against its wire model."""
+
+    error_class = "bad_message"
+
+
+class PromptTooLargeError(PermanentError):
+    """The prompt does not fit the LLM server's token limits or the producer's message size."""
+
+    error_class = "prompt_too_large"
+
+
+class GenerationError(RagError):
+    """The LLM server failed to generate an answer (base of the generator's typed errors)."""
+
+    error_class = "generation"
+
+
+class RequestTimeoutError(RagError):
+    """A client waited longer than its timeout for the Response to a request id."""
+
+    error_class = "timeout"

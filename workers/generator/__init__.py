@@ -1,0 +1,1 @@
+"""Generator worker: consumes prompts, calls the TGI-compatible LLM server, produces responses."""

@@ -1,0 +1,196 @@
+"""Generator worker wiring: Kafka loop (group "generator") → LLM client → Response.
+
+Consumes Prompts, calls the LLM server through :class:`workers.generator.llm.LLMClient` with a bound on
+requests in flight, and produces one Response per prompt to the responses topic (and to the request's
+``reply_topic`` when it names another topic). A prompt that cannot be parsed goes to the dead-letter topic;
+a permanent LLM failure produces an error Response and a dead letter; retryable failures that exhaust the
+retry budget produce a Response with status ``model_unavailable``; a prompt past its deadline is answered
+``expired`` without calling the LLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, Producer
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from workers.errors import MessageError, PermanentError
+from workers.generator.llm import Generation, LLMClient, LLMRetryableError
+from workers.kafka import (
+    Incoming,
+    LoopConfig,
+    Output,
+    WorkerLoop,
+    build_loop_metrics,
+    check_broker,
+    consumer_config,
+    dead_letter,
+    output_headers,
+    producer_config,
+)
+from workers.messages import ErrorInfo, Prompt, Response, Source, Usage
+from workers.serde import decode, encode
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STAGE = "generator"
+
+
+class GeneratorMetrics:
+    """Generator-specific metrics: LLM latency (TTFT, total), tokens, outcomes, retries."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str = "ragstream_generator") -> None:
+        llm_buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+        self.ttft = Histogram(f"{prefix}_llm_ttft_seconds", "Time to first token", buckets=llm_buckets, registry=registry)
+        self.total = Histogram(
+            f"{prefix}_llm_seconds", "LLM call wall time (successful attempt)", buckets=llm_buckets, registry=registry
+        )
+        self.tokens = Counter(f"{prefix}_completion_tokens", "Generated tokens", registry=registry)
+        self.outcomes = Counter(f"{prefix}_responses", "Responses produced by status", ["status"], registry=registry)
+        self.retries = Counter(f"{prefix}_llm_retries", "Retried LLM calls by error", ["error"], registry=registry)
+        self.errors = Counter(f"{prefix}_llm_errors", "Failed requests by error class", ["error_class"], registry=registry)
+
+
+class GeneratorService:
+    """The generator's handler: Prompt in, Response (plus dead letters) out.
+
+    Args:
+        settings: topic names and LLM settings.
+        llm: the LLM client adapter.
+        metrics: generator metrics.
+    """
+
+    def __init__(self, settings: Settings, llm: LLMClient, metrics: GeneratorMetrics) -> None:
+        self.settings = settings
+        self.llm = llm
+        self.metrics = metrics
+        self.responses_topic = settings.topics.name("responses")
+        self.dead_letter_topic = settings.topics.name("dead_letter")
+
+    async def handle(self, batch: list[Incoming]) -> Sequence[Sequence[Output]]:
+        """Answer each prompt of the batch concurrently; one list of outputs per input."""
+        return await asyncio.gather(*(self._one(inc) for inc in batch))
+
+    async def _one(self, inc: Incoming) -> list[Output]:
+        t_recv = time.perf_counter()
+        try:
+            prompt = decode(inc.value, Prompt)
+        except MessageError as exc:
+            self.metrics.errors.labels(exc.error_class).inc()
+            return [dead_letter(inc, topic=self.dead_letter_topic, stage=STAGE, error=exc)]
+        now = datetime.now(UTC)
+        timings = dict(prompt.timings_ms)
+        timings["generator_queue_ms"] = max(0.0, (now - prompt.created_at).total_seconds() * 1000.0)
+        deadline = prompt.request.deadline
+        if deadline is not None and now > deadline:
+            return self._answer(inc, prompt, status="expired", timings=timings, error=ErrorInfo(
+                error_class="expired", message=f"deadline {deadline.isoformat()} passed before generation",
+                stage=STAGE))
+        try:
+            gen = await self.llm.generate(list(prompt.messages), prompt.request.generation.model_copy(
+                update={"max_new_tokens": prompt.max_new_tokens}))
+        except LLMRetryableError as exc:
+            self.metrics.errors.labels(exc.error_class).inc()
+            return self._answer(inc, prompt, status="model_unavailable", timings=timings, error=ErrorInfo(
+                error_class=exc.error_class, message=str(exc)[:2000], stage=STAGE), attempts=self.settings.llm.max_attempts)
+        except PermanentError as exc:
+            self.metrics.errors.labels(exc.error_class).inc()
+            outs = self._answer(inc, prompt, status="error", timings=timings, error=ErrorInfo(
+                error_class=exc.error_class, message=str(exc)[:2000], stage=STAGE))
+            outs.append(dead_letter(inc, topic=self.dead_letter_topic, stage=STAGE, error=exc,
+                                    request_id=prompt.request_id))
+            return outs
+        self.metrics.ttft.observe(gen.ttft_ms / 1000.0)
+        self.metrics.total.observe(gen.total_ms / 1000.0)
+        self.metrics.tokens.inc(gen.completion_tokens)
+        timings["llm_ttft_ms"] = gen.ttft_ms
+        timings["llm_total_ms"] = gen.total_ms
+        timings["generator_ms"] = (time.perf_counter() - t_recv) * 1000.0
+        return self._answer(inc, prompt, status="ok", timings=timings, generation=gen)
+
+    def _answer(
+        self,
+        inc: Incoming,
+        prompt: Prompt,
+        *,
+        status: str,
+        timings: dict[str, float],
+        generation: Generation | None = None,
+        error: ErrorInfo | None = None,
+        attempts: int = 1,
+    ) -> list[Output]:
+        info = self.llm._info
+        now = datetime.now(UTC)
+        timings["end_to_end_ms"] = max(0.0, (now - prompt.request.created_at).total_seconds() * 1000.0)
+        usage = Usage()
+        if generation is not None:
+            p = generation.prompt_tokens or prompt.prompt_tokens
+            usage = Usage(prompt_tokens=p, completion_tokens=generation.completion_tokens,
+                          total_tokens=p + generation.completion_tokens)
+        resp = Response(
+            request_id=prompt.request_id,
+            created_at=now,
+            status=status,  # type: ignore[arg-type]  # one of ResponseStatus by construction
+            answer=generation.text if generation is not None else None,
+            finish_reason=generation.finish_reason if generation is not None else None,
+            usage=usage,
+            model_id=(generation.model_id if generation is not None and generation.model_id else None)
+            or (info.model_id if info else None),
+            model_revision=info.model_sha if info else None,
+            sources=[Source(document_id=p.document_id, chunk_id=p.chunk_id, score=p.score) for p in prompt.passages],
+            timings_ms=timings,
+            error=error,
+            attempts=generation.attempts if generation is not None else attempts,
+        )
+        self.metrics.outcomes.labels(status).inc()
+        value = encode(resp)
+        headers = output_headers(inc, request_id=str(prompt.request_id))
+        key = inc.key or str(prompt.request_id)
+        outs = [Output(topic=self.responses_topic, value=value, key=key, headers=headers)]
+        reply = prompt.request.reply_topic
+        if reply and reply != self.responses_topic:
+            outs.append(Output(topic=reply, value=value, key=key, headers=headers))
+        return outs
+
+
+async def serve(settings: Settings) -> None:
+    """Run the generator worker until SIGTERM/SIGINT.
+
+    Raises:
+        ServiceUnavailableError: the broker or the LLM server cannot be reached at start-up.
+    """
+    check_broker(settings.kafka)
+    registry = CollectorRegistry()
+    metrics = GeneratorMetrics(registry)
+    llm = LLMClient(settings.llm, on_retry=lambda err: metrics.retries.labels(err).inc())
+    info = await llm.info()
+    log.info("LLM server model_id=%s max_total_tokens=%s api=%s", info.model_id, info.max_total_tokens,
+             settings.llm.api)
+    if settings.worker.metrics_port:
+        start_http_server(settings.worker.metrics_port, registry=registry)
+    service = GeneratorService(settings, llm, metrics)
+    group = settings.worker.group_id or "generator"
+    consumer = Consumer(consumer_config(settings.kafka, group))
+    producer = Producer(producer_config(settings.kafka))
+    loop = WorkerLoop(
+        LoopConfig(
+            role=STAGE,
+            topics=[settings.topics.name("prompts")],
+            dead_letter_topic=settings.topics.name("dead_letter"),
+            max_in_flight=max(settings.worker.max_in_flight, settings.llm.max_in_flight),
+            batch_max=1,
+            shutdown_timeout_s=settings.worker.shutdown_timeout_s,
+        ),
+        consumer,
+        producer,
+        service.handle,
+        build_loop_metrics(registry, role=STAGE),
+    )
+    loop.install_signal_handlers()
+    await loop.run()

@@ -1,0 +1,323 @@
+"""LLM client adapter: ``huggingface_hub.AsyncInferenceClient`` against a TGI-compatible server.
+
+ML client code only (no Kafka). Both of TGI's APIs are supported, chosen by ``RAG_LLM__API``:
+
+* ``chat``: the Messages API (``/v1/chat/completions``, OpenAI-compatible, so vLLM and SGLang work too);
+* ``text_generation``: TGI's native ``/generate_stream``; chat messages are rendered into one prompt
+  string with :func:`render_plain_prompt` (the server applies no chat template on this route).
+
+Calls stream tokens, so time to first token (TTFT) and tokens/s are measured on our side. Upstream errors
+are translated here into :class:`LLMOverloadedError`, :class:`LLMLoadingError`, :class:`LLMTimeoutError`
+(retryable) and :class:`LLMValidationError`, :class:`LLMStreamError` (permanent for this request); retries
+are bounded (``max_attempts``) with jittered exponential backoff (tenacity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from huggingface_hub import AsyncInferenceClient
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    InferenceTimeoutError,
+    OverloadedError,
+    TextGenerationError,
+)
+from huggingface_hub.errors import (
+    ValidationError as HFValidationError,
+)
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from workers.errors import GenerationError, PermanentError, RetryableError
+from workers.messages import ChatMessage, GenerationParams
+from workers.settings import LLMSettings
+
+log = logging.getLogger(__name__)
+
+
+class LLMRetryableError(GenerationError, RetryableError):
+    """A generation failure worth retrying later."""
+
+    error_class = "llm_retryable"
+
+
+class LLMOverloadedError(LLMRetryableError):
+    """HTTP 429 / TGI ``overloaded``: the server has too many requests in flight."""
+
+    error_class = "overloaded"
+
+
+class LLMLoadingError(LLMRetryableError):
+    """HTTP 503: the model is still loading (or the server is briefly unavailable)."""
+
+    error_class = "model_loading"
+
+
+class LLMTimeoutError(LLMRetryableError):
+    """No complete answer within ``RAG_LLM__TIMEOUT_S`` seconds, or the connection failed."""
+
+    error_class = "llm_timeout"
+
+
+class LLMValidationError(GenerationError, PermanentError):
+    """HTTP 422/400 / TGI ``validation``: the input is too long or a parameter is invalid."""
+
+    error_class = "llm_validation"
+
+
+class LLMStreamError(GenerationError, PermanentError):
+    """The server sent an error event inside a 200 stream; the partial text is discarded."""
+
+    error_class = "llm_stream_error"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One finished generation.
+
+    Attributes:
+        text: the generated answer.
+        finish_reason: server's reason (``length``, ``stop``, ``eos_token``, ``stop_sequence``).
+        prompt_tokens: input tokens as counted by the server (0 when it did not say).
+        completion_tokens: generated tokens (server count, else stream events counted).
+        model_id: the server's model id (``/info`` or the response's ``model`` field).
+        ttft_ms: time to first token, ms, measured from the request start of the last attempt.
+        total_ms: wall time of the successful attempt, ms.
+        attempts: calls made, retries included.
+    """
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    model_id: str | None
+    ttft_ms: float
+    total_ms: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the server's ``GET /info`` says (TGI field names)."""
+
+    model_id: str
+    model_sha: str | None
+    max_input_tokens: int | None
+    max_total_tokens: int | None
+    max_concurrent_requests: int | None
+
+
+def render_plain_prompt(messages: list[ChatMessage]) -> str:
+    """Render chat messages as one prompt for TGI's ``/generate`` (role-labelled blocks, then ``Assistant:``)."""
+    parts = [f"{m.role.capitalize()}: {m.content}" for m in messages]
+    return "\n\n".join(parts) + "\n\nAssistant:"
+
+
+def classify(exc: BaseException) -> GenerationError:
+    """Translate an exception from ``huggingface_hub``/``httpx`` into a ragstream generation error."""
+    if isinstance(exc, GenerationError):
+        return exc
+    if isinstance(exc, InferenceTimeoutError | asyncio.TimeoutError | TimeoutError):
+        return LLMTimeoutError(f"LLM call timed out: {exc}")
+    if isinstance(exc, OverloadedError):
+        return LLMOverloadedError(f"LLM server overloaded: {exc}")
+    if isinstance(exc, HFValidationError):
+        return LLMValidationError(f"LLM server rejected the input: {exc}")
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 429:
+            return LLMOverloadedError(f"LLM server overloaded (429): {exc}")
+        if status in (502, 503, 504):
+            return LLMLoadingError(f"LLM server unavailable ({status}): {exc}")
+        if status in (400, 413, 422):
+            return LLMValidationError(f"LLM server rejected the input ({status}): {exc}")
+        if status is not None and status >= 500:
+            return LLMLoadingError(f"LLM server error ({status}): {exc}")
+        return LLMValidationError(f"LLM server error ({status}): {exc}")
+    if isinstance(exc, TextGenerationError):  # an error event inside a stream (generation/incomplete/unknown)
+        return LLMStreamError(f"error inside the LLM stream: {exc}")
+    if isinstance(exc, httpx.TransportError | ConnectionError | OSError):
+        return LLMTimeoutError(f"LLM server connection failed: {type(exc).__name__}: {exc}")
+    return LLMStreamError(f"unexpected LLM client error: {type(exc).__name__}: {exc}")
+
+
+class LLMClient:
+    """Generates answers through ``AsyncInferenceClient`` with bounded concurrency and bounded retries.
+
+    Args:
+        settings: URL, API flavour, timeout, bound on requests in flight, retry policy.
+        client: an ``AsyncInferenceClient``; built from ``settings`` if omitted.
+        on_retry: called with the error class each time a retryable failure is retried (metrics hook).
+    """
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        client: AsyncInferenceClient | None = None,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        token = settings.token.get_secret_value() if settings.token is not None else None
+        self.client = client or AsyncInferenceClient(base_url=settings.url, token=token, timeout=settings.timeout_s)
+        self._sem = asyncio.Semaphore(settings.max_in_flight)
+        self._on_retry = on_retry
+        self._info: ServerInfo | None = None
+
+    async def info(self) -> ServerInfo:
+        """Read and cache ``GET /info``.
+
+        Raises:
+            LLMTimeoutError: the server cannot be reached.
+        """
+        if self._info is None:
+            try:
+                async with httpx.AsyncClient(timeout=10.0) as http:
+                    resp = await http.get(self.settings.url.rstrip("/") + "/info")
+                    resp.raise_for_status()
+                    data: dict[str, Any] = resp.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                raise LLMTimeoutError(f"LLM server /info not reachable at {self.settings.url}: {exc}") from exc
+            self._info = ServerInfo(
+                model_id=str(data.get("model_id", "unknown")),
+                model_sha=data.get("model_sha"),
+                max_input_tokens=data.get("max_input_tokens") or data.get("max_input_length"),
+                max_total_tokens=data.get("max_total_tokens"),
+                max_concurrent_requests=data.get("max_concurrent_requests"),
+            )
+        return self._info
+
+    async def generate(self, messages: list[ChatMessage], params: GenerationParams) -> Generation:
+        """Generate an answer, retrying retryable failures up to ``max_attempts`` calls in all.
+
+        Args:
+            messages: the chat messages built by the retriever.
+            params: sampling parameters; ``max_new_tokens`` bounds the answer (tokens).
+
+        Returns:
+            The finished :class:`Generation`.
+
+        Raises:
+            LLMRetryableError: still failing after ``max_attempts`` calls (overloaded, loading, timeout).
+            LLMValidationError: the server rejected the input (no retry).
+            LLMStreamError: an error event arrived inside the stream (no partial answer is returned).
+        """
+        attempts = 0
+        s = self.settings
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(s.max_attempts),
+            wait=wait_random_exponential(multiplier=s.backoff_initial_s, max=s.backoff_max_s),
+            retry=retry_if_exception_type(LLMRetryableError),
+            reraise=True,
+            before_sleep=lambda rs: self._on_retry(type(rs.outcome.exception()).__name__)
+            if self._on_retry and rs.outcome
+            else None,
+        )
+        async for attempt in retrying:
+            with attempt:
+                attempts += 1
+                gen = await self._once(messages, params)
+                return Generation(**{**gen.__dict__, "attempts": attempts})
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(self, messages: list[ChatMessage], params: GenerationParams) -> Generation:
+        async with self._sem:
+            t0 = time.perf_counter()
+            try:
+                call = self._chat if self.settings.api == "chat" else self._text_generation
+                return await asyncio.wait_for(call(messages, params, t0), timeout=self.settings.timeout_s)
+            except Exception as exc:  # translated, never leaked
+                raise classify(exc) from exc
+
+    async def _chat(self, messages: list[ChatMessage], params: GenerationParams, t0: float) -> Generation:
+        stream = await self.client.chat_completion(
+            [m.model_dump() for m in messages],
+            stream=True,
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop=params.stop or None,
+            stream_options={"include_usage": True},  # type: ignore[arg-type]  # dict accepted at runtime
+        )
+        return await _collect(stream, t0, _chat_chunk)
+
+    async def _text_generation(
+        self, messages: list[ChatMessage], params: GenerationParams, t0: float
+    ) -> Generation:
+        do_sample = bool(params.temperature) or params.top_p is not None
+        stream = await self.client.text_generation(
+            render_plain_prompt(messages),
+            stream=True,
+            details=True,
+            max_new_tokens=params.max_new_tokens,
+            temperature=params.temperature or None,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop=params.stop or None,
+            do_sample=do_sample,
+        )
+        return await _collect(stream, t0, _tg_chunk)
+
+
+@dataclass
+class _Acc:
+    parts: list[str]
+    tokens: int = 0
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model_id: str | None = None
+    ttft: float | None = None
+
+
+def _chat_chunk(chunk: Any, acc: _Acc) -> None:
+    if getattr(chunk, "model", None):
+        acc.model_id = chunk.model
+    for choice in chunk.choices or []:
+        delta = choice.delta
+        if delta is not None and delta.content:
+            acc.parts.append(delta.content)
+            acc.tokens += 1
+        if choice.finish_reason:
+            acc.finish_reason = choice.finish_reason
+    usage = getattr(chunk, "usage", None)
+    if usage is not None:
+        acc.prompt_tokens = usage.prompt_tokens or 0
+        acc.completion_tokens = usage.completion_tokens or 0
+
+
+def _tg_chunk(chunk: Any, acc: _Acc) -> None:
+    tok = chunk.token
+    if tok is not None and not tok.special:
+        acc.parts.append(tok.text)
+    acc.tokens += 1
+    if chunk.details is not None:
+        acc.finish_reason = str(chunk.details.finish_reason)
+        acc.completion_tokens = chunk.details.generated_tokens or acc.tokens
+
+
+async def _collect(stream: Any, t0: float, on_chunk: Callable[[Any, _Acc], None]) -> Generation:
+    acc = _Acc(parts=[])
+    async for chunk in stream:
+        if acc.ttft is None:
+            acc.ttft = time.perf_counter()
+        on_chunk(chunk, acc)
+    t1 = time.perf_counter()
+    return Generation(
+        text="".join(acc.parts),
+        finish_reason=acc.finish_reason,
+        prompt_tokens=acc.prompt_tokens,
+        completion_tokens=acc.completion_tokens or acc.tokens,
+        model_id=acc.model_id,
+        ttft_ms=((acc.ttft or t1) - t0) * 1000.0,
+        total_ms=(t1 - t0) * 1000.0,
+        attempts=1,
+    )
+
+

@@ -1,0 +1,666 @@
+"""The confluent-kafka worker loop shared by the retriever and the generator, and client factories.
+
+Semantics (DESIGN.md §3, §5):
+
+* **At-least-once.** ``enable.auto.offset.store`` is off: an input offset is stored only after every
+  output produced for it (answer, error answer or dead letter) has a successful delivery report, and
+  offsets are stored in order per partition (the stored offset is the next one to read: the lowest offset
+  still in flight, or the last finished one + 1). librdkafka's auto-commit then commits stored offsets
+  every ``auto.commit.interval.ms``; revocation and shutdown commit synchronously.
+* **Bounded in flight.** At most ``max_in_flight`` messages are handed to the handler and unfinished. At the
+  bound the loop pauses its assigned partitions and keeps polling, so a slow LLM call never pushes the
+  consumer past ``max.poll.interval.ms`` (the group does not evict it).
+* **Rebalance.** On revoke the loop waits (bounded) for in-flight messages of the revoked partitions,
+  then commits what is done, so a new owner does not redo finished work.
+* **Shutdown.** On SIGTERM/SIGINT it stops taking messages, waits for in-flight work up to
+  ``shutdown_timeout_s``, flushes the producer, commits stored offsets and closes, also when the broker is
+  already gone (each step is bounded).
+* **Nothing dropped silently.** A handler exception for a batch is turned into a dead letter per input
+  (with the reason) and the offsets move on; a failed delivery report stops the worker without storing the
+  offset, so the input is processed again after restart.
+
+The handler is an ``async`` callable taking a micro-batch of :class:`Incoming` messages and returning, for
+each, the list of :class:`Output` messages to produce. It never sees Kafka objects beyond these records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from workers.errors import RagError, ServiceUnavailableError
+from workers.messages import DeadLetter
+from workers.serde import encode, headers_to_dict
+from workers.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+#: Header names carried from input to output (DESIGN.md §4).
+PROPAGATED_HEADERS = ("request_id", "traceparent", "deadline")
+
+
+# --------------------------------------------------------------------------- client factories
+
+
+def base_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """librdkafka properties shared by every client: bootstrap servers plus ``kafka.extra``."""
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers}
+    conf.update(kafka.extra)
+    return conf
+
+
+def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
+    """Properties of an idempotent producer (``acks=all``, ordered retries, no duplicates on retry).
+
+    ``linger.ms`` comes from the settings (default 2 ms: small batches, low added latency).
+    """
+    conf = base_config(kafka)
+    conf.update(
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": kafka.linger_ms,
+            "message.max.bytes": kafka.message_max_bytes,
+            "compression.type": "lz4",
+        }
+    )
+    conf.update(overrides)
+    return conf
+
+
+def consumer_config(kafka: KafkaSettings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """Properties of a worker consumer: offsets stored by the loop after delivery, auto-committed.
+
+    ``enable.auto.offset.store=False`` is what makes the loop at-least-once: librdkafka's auto-commit only
+    commits offsets the loop stored explicitly.
+    """
+    conf = base_config(kafka)
+    conf.update(
+        {
+            "group.id": group_id,
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.commit.interval.ms": 1000,
+            "auto.offset.reset": "earliest",
+            "max.poll.interval.ms": kafka.max_poll_interval_ms,
+            "session.timeout.ms": kafka.session_timeout_ms,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "fetch.wait.max.ms": 10,
+            "enable.partition.eof": False,
+        }
+    )
+    conf.update(overrides)
+    return conf
+
+
+def check_broker(kafka: KafkaSettings, timeout_s: float = 10.0) -> None:
+    """Fail fast with a one-line error when no broker answers at ``bootstrap_servers``.
+
+    Raises:
+        ServiceUnavailableError: no metadata response within ``timeout_s`` seconds.
+    """
+    conf = base_config(kafka)
+    conf["socket.connection.setup.timeout.ms"] = int(timeout_s * 1000)
+    admin = AdminClient(conf)
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ServiceUnavailableError(
+            f"Kafka broker not reachable at {kafka.bootstrap_servers!r} within {timeout_s:.0f} s "
+            f"(set RAG_KAFKA__BOOTSTRAP_SERVERS): {exc.args[0].str() if exc.args else exc}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One consumed message as the handler sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+    timestamp_ms: int
+    #: Monotonic time (s) the loop received it, for queue-time measurements.
+    received_at: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def from_message(cls, msg: Message) -> Incoming:
+        """Copy the fields of a confluent-kafka ``Message``."""
+        ts_type, ts = msg.timestamp()
+        return cls(
+            topic=msg.topic() or "",
+            partition=msg.partition() or 0,
+            offset=msg.offset() or 0,
+            key=msg.key(),
+            value=msg.value(),
+            headers=headers_to_dict(msg.headers()),
+            timestamp_ms=ts if ts_type else 0,
+        )
+
+
+@dataclass(frozen=True)
+class Output:
+    """A message to produce for an input: topic, key, value bytes and headers."""
+
+    topic: str
+    value: bytes
+    key: bytes | str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def output_headers(incoming: Incoming, **extra: str) -> dict[str, str]:
+    """Headers for an output: the propagated ones of the input (request_id, traceparent, deadline) + extra."""
+    out = {k: v for k, v in incoming.headers.items() if k in PROPAGATED_HEADERS}
+    out.update(extra)
+    return out
+
+
+def dead_letter(
+    incoming: Incoming,
+    *,
+    topic: str,
+    stage: str,
+    error: BaseException,
+    attempts: int = 1,
+    request_id: uuid.UUID | None = None,
+    first_failure_at: datetime | None = None,
+) -> Output:
+    """Build the dead-letter :class:`Output` for an input that a stage could not process.
+
+    The DeadLetter carries the raw value (base64), the source topic/partition/offset and key, the error
+    class (``RagError.error_class`` or the exception type name) and message, the stage and attempts.
+    """
+    now = datetime.now(UTC)
+    rid = request_id
+    if rid is None:
+        try:
+            rid = uuid.UUID(incoming.headers.get("request_id", ""))
+        except ValueError:
+            rid = None
+    error_class = error.error_class if isinstance(error, RagError) else type(error).__name__
+    dl = DeadLetter(
+        request_id=rid,
+        source_topic=incoming.topic,
+        partition=incoming.partition,
+        offset=incoming.offset,
+        key=base64.b64encode(incoming.key).decode("ascii") if incoming.key is not None else None,
+        value_b64=base64.b64encode(incoming.value or b"").decode("ascii"),
+        headers=incoming.headers,
+        error_class=error_class,
+        error_message=str(error)[:2000] or type(error).__name__,
+        stage=stage,
+        attempts=attempts,
+        first_failure_at=first_failure_at or now,
+        last_failure_at=now,
+    )
+    return Output(
+        topic=topic,
+        value=encode(dl),
+        key=incoming.key,
+        headers=output_headers(incoming, error_class=error_class, stage=stage),
+    )
+
+
+Handler = Callable[[list[Incoming]], Awaitable[Sequence[Sequence[Output]]]]
+
+
+# --------------------------------------------------------------------------- offsets
+
+
+class OffsetTracker:
+    """In-order offset bookkeeping per partition (thread-safe).
+
+    ``add`` records a consumed offset; ``finish`` marks it done and returns the offset to store (the next
+    offset to read) when the lowest unfinished offset of its partition moved, else ``None``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], collections.deque[int]] = {}
+        self._done: dict[tuple[str, int], set[int]] = {}
+        self._cond = threading.Condition(self._lock)
+
+    def add(self, topic: str, partition: int, offset: int) -> None:
+        """Record that ``offset`` was handed to the handler."""
+        with self._lock:
+            self._pending.setdefault((topic, partition), collections.deque()).append(offset)
+            self._done.setdefault((topic, partition), set())
+
+    def finish(self, topic: str, partition: int, offset: int) -> int | None:
+        """Mark ``offset`` finished; return the new offset to store, or ``None`` if it did not move."""
+        with self._lock:
+            tp = (topic, partition)
+            pending = self._pending.get(tp)
+            if pending is None:  # partition revoked meanwhile
+                return None
+            done = self._done[tp]
+            done.add(offset)
+            moved: int | None = None
+            while pending and pending[0] in done:
+                moved = pending.popleft()
+                done.discard(moved)
+            if moved is not None:
+                self._cond.notify_all()
+                return moved + 1
+            return None
+
+    def in_flight(self, partitions: Sequence[tuple[str, int]] | None = None) -> int:
+        """Unfinished messages, over all partitions or the given ones."""
+        with self._lock:
+            keys = self._pending.keys() if partitions is None else partitions
+            return sum(len(self._pending.get(k, ())) for k in keys)
+
+    def wait_drained(self, partitions: Sequence[tuple[str, int]], timeout_s: float) -> bool:
+        """Block until the given partitions have nothing in flight, or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while any(self._pending.get(k) for k in partitions):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+            return True
+
+    def drop(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Forget revoked partitions; late finishes for them are ignored."""
+        with self._lock:
+            for k in partitions:
+                self._pending.pop(k, None)
+                self._done.pop(k, None)
+            self._cond.notify_all()
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class LoopMetrics:
+    """Prometheus metrics of one worker loop (built by :func:`build_loop_metrics`)."""
+
+    consumed: Counter
+    produced: Counter
+    dead_letters: Counter
+    handler_errors: Counter
+    in_flight: Gauge
+    paused: Gauge
+    batch_size: Histogram
+    handle_seconds: Histogram
+    rebalances: Counter
+
+
+def build_loop_metrics(
+    registry: CollectorRegistry | None = None, prefix: str = "ragstream_worker", role: str = "worker"
+) -> LoopMetrics:
+    """Build the loop's metric bundle in ``registry`` (a fresh private one by default).
+
+    Latency buckets span 1 ms to 60 s (embedding batches to LLM calls), in seconds.
+    """
+    reg = registry if registry is not None else CollectorRegistry()
+    lat = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+    labels = ["role"]
+    return LoopMetrics(
+        consumed=Counter(f"{prefix}_messages_consumed", "Messages consumed", labels, registry=reg),
+        produced=Counter(f"{prefix}_messages_produced", "Messages delivered", labels + ["topic"], registry=reg),
+        dead_letters=Counter(f"{prefix}_dead_letters", "Dead letters produced", labels, registry=reg),
+        handler_errors=Counter(
+            f"{prefix}_handler_errors", "Handler failures by error class", labels + ["error_class"], registry=reg
+        ),
+        in_flight=Gauge(f"{prefix}_in_flight", "Messages handed to the handler, unfinished", labels, registry=reg),
+        paused=Gauge(f"{prefix}_paused", "1 while partitions are paused for backpressure", labels, registry=reg),
+        batch_size=Histogram(
+            f"{prefix}_batch_size", "Messages per handler call", labels,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=reg,
+        ),
+        handle_seconds=Histogram(
+            f"{prefix}_handle_seconds", "Handler time per batch", labels, buckets=lat, registry=reg
+        ),
+        rebalances=Counter(f"{prefix}_rebalances", "Partition assignments and revocations", labels, registry=reg),
+    )
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Behaviour of one :class:`WorkerLoop`."""
+
+    role: str
+    topics: list[str]
+    dead_letter_topic: str
+    max_in_flight: int = 64
+    batch_max: int = 32
+    shutdown_timeout_s: float = 30.0
+    revoke_timeout_s: float = 10.0
+    poll_timeout_s: float = 0.05
+
+
+class FatalWorkerError(RagError):
+    """The loop cannot go on without risking loss (a delivery failed); restart to reprocess."""
+
+    error_class = "fatal"
+
+
+class WorkerLoop:
+    """Poll → handle (async, bounded) → produce (idempotent) → store offset after delivery.
+
+    Args:
+        config: role, input topics, dead-letter topic, bounds.
+        consumer: a confluent-kafka ``Consumer`` built with :func:`consumer_config`.
+        producer: an idempotent ``Producer`` built with :func:`producer_config`.
+        handler: async callable ``list[Incoming] -> list[list[Output]]`` (one output list per input).
+        metrics: the loop's metrics (a private registry if omitted).
+    """
+
+    def __init__(
+        self,
+        config: LoopConfig,
+        consumer: Consumer,
+        producer: Producer,
+        handler: Handler,
+        metrics: LoopMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.consumer = consumer
+        self.producer = producer
+        self.handler = handler
+        self.metrics = metrics or build_loop_metrics(role=config.role)
+        self.tracker = OffsetTracker()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused = False
+        self._fatal: BaseException | None = None
+        self._poll_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{config.role}-poll")
+        self._assigned: set[tuple[str, int]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._delivery_stop = threading.Event()
+        self._delivery_thread = threading.Thread(
+            target=self._serve_deliveries, name=f"{config.role}-delivery", daemon=True
+        )
+        self.started = threading.Event()
+
+    def _serve_deliveries(self) -> None:
+        # Delivery reports are served here, so offsets are stored promptly even while the poll thread is
+        # blocked in a rebalance callback waiting for in-flight work to finish.
+        while not self._delivery_stop.is_set():
+            self.producer.poll(0.02)
+
+    # -- callbacks (run in the poll thread)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(self.config.role).inc()
+        for tp in partitions:
+            self._assigned.add((tp.topic, tp.partition))
+        log.info("assigned role=%s partitions=%s", self.config.role, _fmt(partitions))
+        self.started.set()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(self.config.role).inc()
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        drained = self.tracker.wait_drained(keys, self.config.revoke_timeout_s)
+        if not drained:
+            log.warning(
+                "revoke: in-flight messages not finished within %.1f s; they will be redone by the new owner",
+                self.config.revoke_timeout_s,
+            )
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("commit on revoke failed: %s", exc)
+        self.tracker.drop(keys)
+        for k in keys:
+            self._assigned.discard(k)
+        log.info("revoked role=%s partitions=%s", self.config.role, _fmt(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.tracker.drop(keys)
+        for k in keys:
+            self._assigned.discard(k)
+        log.warning("lost role=%s partitions=%s (not committed)", self.config.role, _fmt(partitions))
+
+    # -- public
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop (thread-safe; what SIGTERM does)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        else:
+            self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """Stop gracefully on SIGTERM and SIGINT (call from the main thread inside the running loop)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def run(self) -> None:
+        """Consume until stopped; then drain, flush and commit within ``shutdown_timeout_s``.
+
+        Raises:
+            FatalWorkerError: a produced message failed delivery; its input was not committed.
+        """
+        self._loop = asyncio.get_running_loop()
+        loop = self._loop
+        self.consumer.subscribe(
+            self.config.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        self._delivery_thread.start()
+        log.info("worker started role=%s topics=%s", self.config.role, self.config.topics)
+        try:
+            while not self._stop.is_set() and self._fatal is None:
+                capacity = self.config.max_in_flight - self.tracker.in_flight()
+                self._set_paused(capacity <= 0)
+                n = max(1, min(capacity, self.config.batch_max * 4))
+                msgs = await loop.run_in_executor(
+                    self._poll_pool, self.consumer.consume, n if not self._paused else 1, self.config.poll_timeout_s
+                )
+                if msgs:
+                    self._dispatch(msgs)
+                elif self._tasks:
+                    await asyncio.sleep(0)
+        finally:
+            await self._shutdown()
+        if self._fatal is not None:
+            raise FatalWorkerError(f"stopped after a delivery failure: {self._fatal}")
+
+    # -- internals
+
+    def _set_paused(self, pause: bool) -> None:
+        if pause == self._paused:
+            if pause:  # partitions assigned while paused must be paused too
+                self._pause_all()
+            return
+        self._paused = pause
+        self.metrics.paused.labels(self.config.role).set(1 if pause else 0)
+        if pause:
+            self._pause_all()
+            log.debug("paused role=%s in_flight=%d", self.config.role, self.tracker.in_flight())
+        else:
+            try:
+                self.consumer.resume(self.consumer.assignment())
+            except KafkaException as exc:
+                log.warning("resume failed: %s", exc)
+
+    def _pause_all(self) -> None:
+        try:
+            assignment = self.consumer.assignment()
+            if assignment:
+                self.consumer.pause(assignment)
+        except KafkaException as exc:
+            log.warning("pause failed: %s", exc)
+
+    def _dispatch(self, msgs: list[Message]) -> None:
+        batch: list[Incoming] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    self._fatal = KafkaException(err)
+                log.warning("consume error role=%s: %s", self.config.role, err)
+                continue
+            inc = Incoming.from_message(msg)
+            self.tracker.add(inc.topic, inc.partition, inc.offset)
+            batch.append(inc)
+        self.metrics.consumed.labels(self.config.role).inc(len(batch))
+        self.metrics.in_flight.labels(self.config.role).set(self.tracker.in_flight())
+        for i in range(0, len(batch), self.config.batch_max):
+            chunk = batch[i : i + self.config.batch_max]
+            task = asyncio.ensure_future(self._process(chunk))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, batch: list[Incoming]) -> None:
+        role = self.config.role
+        self.metrics.batch_size.labels(role).observe(len(batch))
+        t0 = time.perf_counter()
+        try:
+            results = list(await self.handler(batch))
+            if len(results) != len(batch):
+                raise RuntimeError(f"handler returned {len(results)} output lists for {len(batch)} inputs")
+        except Exception as exc:  # the handler failed for the whole batch: dead-letter each input
+            error_class = exc.error_class if isinstance(exc, RagError) else type(exc).__name__
+            self.metrics.handler_errors.labels(role, error_class).inc()
+            log.exception("handler failed role=%s batch=%d; dead-lettering the inputs", role, len(batch))
+            results = [
+                [dead_letter(inc, topic=self.config.dead_letter_topic, stage=role, error=exc)] for inc in batch
+            ]
+        self.metrics.handle_seconds.labels(role).observe(time.perf_counter() - t0)
+        for inc, outputs in zip(batch, results, strict=True):
+            await self._produce_for(inc, list(outputs))
+
+    async def _produce_for(self, inc: Incoming, outputs: list[Output]) -> None:
+        if not outputs:
+            self._finish(inc)
+            return
+        remaining = [len(outputs)]
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                log.error(
+                    "delivery failed topic=%s for input topic=%s partition=%d offset=%d: %s",
+                    msg.topic(), inc.topic, inc.partition, inc.offset, err,
+                )
+                if self._fatal is None:
+                    self._fatal = KafkaException(err)
+                self.request_stop()
+                return
+            self.metrics.produced.labels(self.config.role, msg.topic()).inc()
+            if msg.topic() == self.config.dead_letter_topic:
+                self.metrics.dead_letters.labels(self.config.role).inc()
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._finish(inc)
+
+        for out in outputs:
+            await self._produce(out, on_delivery)
+
+    async def _produce(self, out: Output, on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                self.producer.produce(
+                    out.topic,
+                    value=out.value,
+                    key=out.key,
+                    headers=list(out.headers.items()),
+                    on_delivery=on_delivery,
+                )
+                return
+            except BufferError:  # local queue full: serve delivery reports and try again (bounded)
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.01)
+
+    def _finish(self, inc: Incoming) -> None:
+        next_offset = self.tracker.finish(inc.topic, inc.partition, inc.offset)
+        self.metrics.in_flight.labels(self.config.role).set(self.tracker.in_flight())
+        if next_offset is None:
+            return
+        try:
+            self.consumer.store_offsets(offsets=[TopicPartition(inc.topic, inc.partition, next_offset)])
+        except KafkaException as exc:  # partition no longer assigned: its new owner redoes it
+            log.debug("store_offsets skipped topic=%s partition=%d: %s", inc.topic, inc.partition, exc)
+
+    async def _shutdown(self) -> None:
+        role = self.config.role
+        budget = self.config.shutdown_timeout_s
+        t0 = time.monotonic()
+        log.info("worker stopping role=%s in_flight=%d", role, self.tracker.in_flight())
+        if self._tasks:
+            done, pending = await asyncio.wait(set(self._tasks), timeout=max(0.0, budget * 0.6))
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("abandoned %d in-flight batches at shutdown (uncommitted, redone later)", len(pending))
+        left = max(0.5, budget - (time.monotonic() - t0))
+        loop = asyncio.get_running_loop()
+        self._delivery_stop.set()
+        if self._delivery_thread.is_alive():
+            await loop.run_in_executor(None, self._delivery_thread.join, 1.0)
+        unflushed = await loop.run_in_executor(None, self.producer.flush, min(left * 0.5, 10.0))
+        if unflushed:
+            log.warning("%d messages not delivered at shutdown; their inputs stay uncommitted", unflushed)
+        left = max(0.5, budget - (time.monotonic() - t0))
+        closer = threading.Thread(target=self._commit_and_close, name=f"{role}-close", daemon=True)
+        closer.start()
+        await loop.run_in_executor(None, closer.join, left)
+        if closer.is_alive():
+            log.warning("consumer close did not finish within the shutdown bound; exiting anyway")
+        self._poll_pool.shutdown(wait=False, cancel_futures=True)
+        log.info("worker stopped role=%s in %.2f s", role, time.monotonic() - t0)
+
+    def _commit_and_close(self) -> None:
+        try:
+            if self._fatal is None:
+                self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("final commit failed: %s", exc)
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("consumer close failed: %s", exc)
+
+
+def _fmt(partitions: list[TopicPartition]) -> str:
+    return ",".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+
+
+def committed_offsets(consumer: Consumer, partitions: list[TopicPartition], timeout_s: float = 10.0) -> dict[
+    tuple[str, int], int
+]:
+    """Committed offsets of a group as ``{(topic, partition): offset}`` (``-1001`` = none committed)."""
+    out: dict[tuple[str, int], int] = {}
+    for tp in consumer.committed(partitions, timeout=timeout_s):
+        out[(tp.topic, tp.partition)] = tp.offset if tp.offset != OFFSET_INVALID else -1001
+    return out

