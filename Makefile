@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .ONESHELL:
 .PHONY: venv demo test test-unit lint schema
 
-VENV_CMD = venv="$$(bash scripts/bootstrap.sh | tail -n 1)"; export PATH="$$venv/bin:$$PATH"; export HF_HUB_OFFLINE=1
+VENV_CMD = venv="$$(bash scripts/bootstrap.sh | tail -n 1)"; export PATH="$$venv/bin:$$PATH"
 
 venv:
 	@$(VENV_CMD); echo "$$venv"

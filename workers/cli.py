@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +27,6 @@ from workers.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 console = Console()
-err_console = Console(stderr=True)
 
 app = typer.Typer(
     name="ragstream",
@@ -111,7 +110,9 @@ def schema(
 
 @app.command()
 def ingest(
-    path: Annotated[Path | None, typer.Argument(help="Folder or file of .txt/.md documents (id = relative path).")] = None,
+    path: Annotated[
+        Path | None, typer.Argument(help="Folder or file of .txt/.md documents (id = relative path).")
+    ] = None,
     python_docs: Annotated[
         bool, typer.Option("--python-docs", help="Ingest Python's reference docs (pydoc_data.topics, 79 topics).")
     ] = False,
@@ -143,7 +144,7 @@ def ingest(
         pool.close()
 
 
-class Worker(str, Enum):
+class Worker(StrEnum):
     """The worker processes."""
 
     retriever = "retriever"
@@ -199,11 +200,14 @@ def print_response(question: str, resp: object) -> None:
     assert isinstance(resp, Response)
     console.rule(f"[bold]{question}")
     if resp.status != "ok":
-        console.print(f"[red]status={resp.status}[/] {resp.error.error_class if resp.error else ''}: "
-                      f"{resp.error.message if resp.error else ''}")
+        console.print(
+            f"[red]status={resp.status}[/] {resp.error.error_class if resp.error else ''}: "
+            f"{resp.error.message if resp.error else ''}"
+        )
     else:
-        console.print(f"[bold]answer[/] ({resp.model_id}, {resp.usage.completion_tokens} tokens, "
-                      f"finish={resp.finish_reason}):")
+        console.print(
+            f"[bold]answer[/] ({resp.model_id}, {resp.usage.completion_tokens} tokens, finish={resp.finish_reason}):"
+        )
         console.print(resp.answer, markup=False, highlight=False)
     src = Table("rank", "document", "chunk", "score", title="sources")
     for i, s in enumerate(resp.sources):
@@ -217,10 +221,11 @@ def main() -> None:
     try:
         app()
     except RagError as exc:
-        err_console.print(f"[red]error[/] ({exc.error_class}): {exc}", highlight=False)
+        sys.stderr.write(f"error ({exc.error_class}): {' '.join(str(exc).split())}\n")
         sys.exit(2)
     except ValidationError as exc:
-        err_console.print(f"[red]error[/] (settings): {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+        first = exc.errors()[0]
+        sys.stderr.write(f"error (settings): {'.'.join(str(p) for p in first['loc'])}: {first['msg']}\n")
         sys.exit(2)
 
 

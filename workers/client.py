@@ -54,8 +54,14 @@ class RagClient:
         self.responses_topic = settings.topics.name("responses")
         self._producer = Producer(producer_config(settings.kafka, **{"linger.ms": 0}))
         conf = base_config(settings.kafka)
-        conf.update({"group.id": f"ragstream-client-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                     "fetch.wait.max.ms": 10, "enable.partition.eof": False})
+        conf.update(
+            {
+                "group.id": f"ragstream-client-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+                "enable.partition.eof": False,
+            }
+        )
         self._consumer = Consumer(conf)
         self._pending: dict[uuid.UUID, concurrent.futures.Future[Response]] = {}
         self._answered: set[uuid.UUID] = set()
@@ -71,7 +77,9 @@ class RagClient:
         meta = self._consumer.list_topics(self.responses_topic, timeout=10.0)
         tmeta = meta.topics.get(self.responses_topic)
         if tmeta is None or tmeta.error is not None or not tmeta.partitions:
-            raise MessageError(f"responses topic {self.responses_topic!r} does not exist (run `ragstream topics apply`)")
+            raise MessageError(
+                f"responses topic {self.responses_topic!r} does not exist (run `ragstream topics apply`)"
+            )
         tps = []
         for p in tmeta.partitions:
             _low, high = self._consumer.get_watermark_offsets(TopicPartition(self.responses_topic, p), timeout=10.0)
@@ -114,7 +122,7 @@ class RagClient:
         fut: concurrent.futures.Future[Response] = concurrent.futures.Future()
         with self._lock:
             self._pending[request.request_id] = fut
-        headers: list[tuple[str, str | bytes]] = [("request_id", str(request.request_id))]
+        headers: list[tuple[str, str | bytes | None]] = [("request_id", str(request.request_id))]
         if request.deadline is not None:
             headers.append(("deadline", request.deadline.isoformat()))
         headers.append(("traceparent", f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"))
@@ -143,7 +151,10 @@ class RagClient:
         **generation: Any,
     ) -> Request:
         """Build a Request (deadline given in seconds from now)."""
-        gen = GenerationParams(**({"max_new_tokens": max_new_tokens} if max_new_tokens else {}), **generation)
+        params: dict[str, Any] = dict(generation)
+        if max_new_tokens:
+            params["max_new_tokens"] = max_new_tokens
+        gen = GenerationParams.model_validate(params)
         deadline = datetime.now(UTC) + timedelta(seconds=deadline_s) if deadline_s else None
         return Request(query=query, top_k=top_k, filters=filters or {}, generation=gen, deadline=deadline)
 

@@ -58,6 +58,8 @@ from workers.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
+_RDKAFKA_LOG = logging.getLogger("librdkafka")
+
 #: Header names carried from input to output (DESIGN.md §4).
 PROPAGATED_HEADERS = ("request_id", "traceparent", "deadline")
 
@@ -67,7 +69,8 @@ PROPAGATED_HEADERS = ("request_id", "traceparent", "deadline")
 
 def base_config(kafka: KafkaSettings) -> dict[str, Any]:
     """librdkafka properties shared by every client: bootstrap servers plus ``kafka.extra``."""
-    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers}
+    # librdkafka's own log lines go to Python logging (logger "librdkafka"), not straight to stderr.
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "logger": _RDKAFKA_LOG}
     conf.update(kafka.extra)
     return conf
 
@@ -124,6 +127,7 @@ def check_broker(kafka: KafkaSettings, timeout_s: float = 10.0) -> None:
     """
     conf = base_config(kafka)
     conf["socket.connection.setup.timeout.ms"] = int(timeout_s * 1000)
+    conf["log_level"] = 0  # the one-line error below says it all; no per-attempt connection logs
     admin = AdminClient(conf)
     try:
         admin.list_topics(timeout=timeout_s)
@@ -161,7 +165,7 @@ class Incoming:
             offset=msg.offset() or 0,
             key=msg.key(),
             value=msg.value(),
-            headers=headers_to_dict(msg.headers()),
+            headers=headers_to_dict(msg.headers()),  # type: ignore[arg-type]  # consumed headers are a list
             timestamp_ms=ts if ts_type else 0,
         )
 
@@ -336,8 +340,11 @@ def build_loop_metrics(
         in_flight=Gauge(f"{prefix}_in_flight", "Messages handed to the handler, unfinished", labels, registry=reg),
         paused=Gauge(f"{prefix}_paused", "1 while partitions are paused for backpressure", labels, registry=reg),
         batch_size=Histogram(
-            f"{prefix}_batch_size", "Messages per handler call", labels,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=reg,
+            f"{prefix}_batch_size",
+            "Messages per handler call",
+            labels,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=reg,
         ),
         handle_seconds=Histogram(
             f"{prefix}_handle_seconds", "Handler time per batch", labels, buckets=lat, registry=reg
@@ -551,9 +558,7 @@ class WorkerLoop:
             error_class = exc.error_class if isinstance(exc, RagError) else type(exc).__name__
             self.metrics.handler_errors.labels(role, error_class).inc()
             log.exception("handler failed role=%s batch=%d; dead-lettering the inputs", role, len(batch))
-            results = [
-                [dead_letter(inc, topic=self.config.dead_letter_topic, stage=role, error=exc)] for inc in batch
-            ]
+            results = [[dead_letter(inc, topic=self.config.dead_letter_topic, stage=role, error=exc)] for inc in batch]
         self.metrics.handle_seconds.labels(role).observe(time.perf_counter() - t0)
         for inc, outputs in zip(batch, results, strict=True):
             await self._produce_for(inc, list(outputs))
@@ -568,7 +573,11 @@ class WorkerLoop:
             if err is not None:
                 log.error(
                     "delivery failed topic=%s for input topic=%s partition=%d offset=%d: %s",
-                    msg.topic(), inc.topic, inc.partition, inc.offset, err,
+                    msg.topic(),
+                    inc.topic,
+                    inc.partition,
+                    inc.offset,
+                    err,
                 )
                 if self._fatal is None:
                     self._fatal = KafkaException(err)
@@ -656,9 +665,9 @@ def _fmt(partitions: list[TopicPartition]) -> str:
     return ",".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
 
 
-def committed_offsets(consumer: Consumer, partitions: list[TopicPartition], timeout_s: float = 10.0) -> dict[
-    tuple[str, int], int
-]:
+def committed_offsets(
+    consumer: Consumer, partitions: list[TopicPartition], timeout_s: float = 10.0
+) -> dict[tuple[str, int], int]:
     """Committed offsets of a group as ``{(topic, partition): offset}`` (``-1001`` = none committed)."""
     out: dict[tuple[str, int], int] = {}
     for tp in consumer.committed(partitions, timeout=timeout_s):

@@ -33,6 +33,16 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "urllib3", "aiokafka", "faust", "mode", "sentence_transformers",
-                  "transformers", "huggingface_hub"):
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "urllib3",
+        "aiokafka",
+        "faust",
+        "mode",
+        "sentence_transformers",
+        "transformers",
+        "huggingface_hub",
+        "librdkafka",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

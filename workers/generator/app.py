@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Producer
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from workers.errors import MessageError, PermanentError
-from workers.generator.llm import Generation, LLMClient, LLMRetryableError
+from workers.generator.llm import Generation, LLMClient, LLMRetryableError, check_hub_online
 from workers.kafka import (
     Incoming,
     LoopConfig,
@@ -33,7 +33,7 @@ from workers.kafka import (
     output_headers,
     producer_config,
 )
-from workers.messages import ErrorInfo, Prompt, Response, Source, Usage
+from workers.messages import ErrorInfo, Prompt, Response, ResponseStatus, Source, Usage
 from workers.serde import decode, encode
 from workers.settings import Settings
 
@@ -47,14 +47,18 @@ class GeneratorMetrics:
 
     def __init__(self, registry: CollectorRegistry, prefix: str = "ragstream_generator") -> None:
         llm_buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-        self.ttft = Histogram(f"{prefix}_llm_ttft_seconds", "Time to first token", buckets=llm_buckets, registry=registry)
+        self.ttft = Histogram(
+            f"{prefix}_llm_ttft_seconds", "Time to first token", buckets=llm_buckets, registry=registry
+        )
         self.total = Histogram(
             f"{prefix}_llm_seconds", "LLM call wall time (successful attempt)", buckets=llm_buckets, registry=registry
         )
         self.tokens = Counter(f"{prefix}_completion_tokens", "Generated tokens", registry=registry)
         self.outcomes = Counter(f"{prefix}_responses", "Responses produced by status", ["status"], registry=registry)
         self.retries = Counter(f"{prefix}_llm_retries", "Retried LLM calls by error", ["error"], registry=registry)
-        self.errors = Counter(f"{prefix}_llm_errors", "Failed requests by error class", ["error_class"], registry=registry)
+        self.errors = Counter(
+            f"{prefix}_llm_errors", "Failed requests by error class", ["error_class"], registry=registry
+        )
 
 
 class GeneratorService:
@@ -89,22 +93,44 @@ class GeneratorService:
         timings["generator_queue_ms"] = max(0.0, (now - prompt.created_at).total_seconds() * 1000.0)
         deadline = prompt.request.deadline
         if deadline is not None and now > deadline:
-            return self._answer(inc, prompt, status="expired", timings=timings, error=ErrorInfo(
-                error_class="expired", message=f"deadline {deadline.isoformat()} passed before generation",
-                stage=STAGE))
+            return self._answer(
+                inc,
+                prompt,
+                status="expired",
+                timings=timings,
+                error=ErrorInfo(
+                    error_class="expired",
+                    message=f"deadline {deadline.isoformat()} passed before generation",
+                    stage=STAGE,
+                ),
+            )
         try:
-            gen = await self.llm.generate(list(prompt.messages), prompt.request.generation.model_copy(
-                update={"max_new_tokens": prompt.max_new_tokens}))
+            gen = await self.llm.generate(
+                list(prompt.messages),
+                prompt.request.generation.model_copy(update={"max_new_tokens": prompt.max_new_tokens}),
+            )
         except LLMRetryableError as exc:
             self.metrics.errors.labels(exc.error_class).inc()
-            return self._answer(inc, prompt, status="model_unavailable", timings=timings, error=ErrorInfo(
-                error_class=exc.error_class, message=str(exc)[:2000], stage=STAGE), attempts=self.settings.llm.max_attempts)
+            return self._answer(
+                inc,
+                prompt,
+                status="model_unavailable",
+                timings=timings,
+                error=ErrorInfo(error_class=exc.error_class, message=str(exc)[:2000], stage=STAGE),
+                attempts=self.settings.llm.max_attempts,
+            )
         except PermanentError as exc:
             self.metrics.errors.labels(exc.error_class).inc()
-            outs = self._answer(inc, prompt, status="error", timings=timings, error=ErrorInfo(
-                error_class=exc.error_class, message=str(exc)[:2000], stage=STAGE))
-            outs.append(dead_letter(inc, topic=self.dead_letter_topic, stage=STAGE, error=exc,
-                                    request_id=prompt.request_id))
+            outs = self._answer(
+                inc,
+                prompt,
+                status="error",
+                timings=timings,
+                error=ErrorInfo(error_class=exc.error_class, message=str(exc)[:2000], stage=STAGE),
+            )
+            outs.append(
+                dead_letter(inc, topic=self.dead_letter_topic, stage=STAGE, error=exc, request_id=prompt.request_id)
+            )
             return outs
         self.metrics.ttft.observe(gen.ttft_ms / 1000.0)
         self.metrics.total.observe(gen.total_ms / 1000.0)
@@ -119,7 +145,7 @@ class GeneratorService:
         inc: Incoming,
         prompt: Prompt,
         *,
-        status: str,
+        status: ResponseStatus,
         timings: dict[str, float],
         generation: Generation | None = None,
         error: ErrorInfo | None = None,
@@ -131,12 +157,15 @@ class GeneratorService:
         usage = Usage()
         if generation is not None:
             p = generation.prompt_tokens or prompt.prompt_tokens
-            usage = Usage(prompt_tokens=p, completion_tokens=generation.completion_tokens,
-                          total_tokens=p + generation.completion_tokens)
+            usage = Usage(
+                prompt_tokens=p,
+                completion_tokens=generation.completion_tokens,
+                total_tokens=p + generation.completion_tokens,
+            )
         resp = Response(
             request_id=prompt.request_id,
             created_at=now,
-            status=status,  # type: ignore[arg-type]  # one of ResponseStatus by construction
+            status=status,
             answer=generation.text if generation is not None else None,
             finish_reason=generation.finish_reason if generation is not None else None,
             usage=usage,
@@ -166,16 +195,18 @@ async def serve(settings: Settings) -> None:
         ServiceUnavailableError: the broker or the LLM server cannot be reached at start-up.
     """
     check_broker(settings.kafka)
+    check_hub_online()
     registry = CollectorRegistry()
     metrics = GeneratorMetrics(registry)
     llm = LLMClient(settings.llm, on_retry=lambda err: metrics.retries.labels(err).inc())
     info = await llm.info()
-    log.info("LLM server model_id=%s max_total_tokens=%s api=%s", info.model_id, info.max_total_tokens,
-             settings.llm.api)
+    log.info(
+        "LLM server model_id=%s max_total_tokens=%s api=%s", info.model_id, info.max_total_tokens, settings.llm.api
+    )
     if settings.worker.metrics_port:
         start_http_server(settings.worker.metrics_port, registry=registry)
     service = GeneratorService(settings, llm, metrics)
-    group = settings.worker.group_id or "generator"
+    group = settings.worker.group_id or settings.topics.prefix + "generator"
     consumer = Consumer(consumer_config(settings.kafka, group))
     producer = Producer(producer_config(settings.kafka))
     loop = WorkerLoop(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from huggingface_hub import AsyncInferenceClient
+from huggingface_hub import AsyncInferenceClient, ChatCompletionInputStreamOptions
 from huggingface_hub.errors import (
     HfHubHTTPError,
     InferenceTimeoutError,
@@ -34,7 +34,7 @@ from huggingface_hub.errors import (
 )
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from workers.errors import GenerationError, PermanentError, RetryableError
+from workers.errors import ConfigError, GenerationError, PermanentError, RetryableError
 from workers.messages import ChatMessage, GenerationParams
 from workers.settings import LLMSettings
 
@@ -111,6 +111,22 @@ class ServerInfo:
     max_input_tokens: int | None
     max_total_tokens: int | None
     max_concurrent_requests: int | None
+
+
+def check_hub_online() -> None:
+    """Refuse to start when ``HF_HUB_OFFLINE`` is set: huggingface_hub then refuses every HTTP call,
+    including those to our own LLM server, and each request would fail.
+
+    Raises:
+        ConfigError: ``HF_HUB_OFFLINE`` is on in this process.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(
+            "HF_HUB_OFFLINE is set: huggingface_hub then refuses all HTTP calls, including to the LLM server at "
+            "RAG_LLM__URL; unset it for the generator (only the retriever loads local model files)"
+        )
 
 
 def render_plain_prompt(messages: list[ChatMessage]) -> str:
@@ -214,9 +230,9 @@ class LLMClient:
             wait=wait_random_exponential(multiplier=s.backoff_initial_s, max=s.backoff_max_s),
             retry=retry_if_exception_type(LLMRetryableError),
             reraise=True,
-            before_sleep=lambda rs: self._on_retry(type(rs.outcome.exception()).__name__)
-            if self._on_retry and rs.outcome
-            else None,
+            before_sleep=lambda rs: (
+                self._on_retry(type(rs.outcome.exception()).__name__) if self._on_retry and rs.outcome else None
+            ),
         )
         async for attempt in retrying:
             with attempt:
@@ -236,20 +252,18 @@ class LLMClient:
 
     async def _chat(self, messages: list[ChatMessage], params: GenerationParams, t0: float) -> Generation:
         stream = await self.client.chat_completion(
-            [m.model_dump() for m in messages],
+            [dict(m.model_dump()) for m in messages],
             stream=True,
             max_tokens=params.max_new_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
             seed=params.seed,
             stop=params.stop or None,
-            stream_options={"include_usage": True},  # type: ignore[arg-type]  # dict accepted at runtime
+            stream_options=ChatCompletionInputStreamOptions(include_usage=True),
         )
         return await _collect(stream, t0, _chat_chunk)
 
-    async def _text_generation(
-        self, messages: list[ChatMessage], params: GenerationParams, t0: float
-    ) -> Generation:
+    async def _text_generation(self, messages: list[ChatMessage], params: GenerationParams, t0: float) -> Generation:
         do_sample = bool(params.temperature) or params.top_p is not None
         stream = await self.client.text_generation(
             render_plain_prompt(messages),
@@ -319,5 +333,3 @@ async def _collect(stream: Any, t0: float, on_chunk: Callable[[Any, _Acc], None]
         total_ms=(t1 - t0) * 1000.0,
         attempts=1,
     )
-
-

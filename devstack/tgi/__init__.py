@@ -1,0 +1,1 @@
+"""A server that speaks Hugging Face text-generation-inference's HTTP API (``python -m devstack.tgi``)."""

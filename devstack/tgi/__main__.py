@@ -1,0 +1,115 @@
+"""``python -m devstack.tgi``: run the TGI-compatible LLM server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from devstack.tgi.engine import create_engine, engine_names
+from devstack.tgi.server import ServerLimits, create_app
+
+logger = logging.getLogger("devstack.tgi")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The server's command line (every engine reads the options it needs from it)."""
+    repo = Path(__file__).resolve().parents[2]
+    p = argparse.ArgumentParser(
+        prog="python -m devstack.tgi",
+        description="Serve a causal LM over Hugging Face text-generation-inference's HTTP API "
+        "(/generate, /generate_stream, /v1/chat/completions, /info, /health, /tokenize, /metrics).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="listen port (default %(default)s)")
+    p.add_argument(
+        "--engine",
+        default="transformers",
+        help=f"generation engine, one of {engine_names()} (default %(default)s)",
+    )
+    p.add_argument(
+        "--model",
+        default="",
+        help="local model folder or hub id for the transformers engine; empty (default): the tiny offline "
+        "model with random weights, built on first use",
+    )
+    p.add_argument(
+        "--tiny-model-dir",
+        default=str(repo / ".devstack" / "cache" / "tiny-lm"),
+        help="where the tiny offline model is built and cached (default %(default)s)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default %(default)s)")
+    p.add_argument("--max-input-tokens", type=int, default=3072, help="longest prompt, tokens (default %(default)s)")
+    p.add_argument("--max-total-tokens", type=int, default=4096, help="prompt + new tokens limit (default %(default)s)")
+    p.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=16,
+        help="requests in flight before 429 overloaded (default %(default)s)",
+    )
+    p.add_argument("--max-stop-sequences", type=int, default=4, help="stop sequences per request (default 4)")
+    p.add_argument(
+        "--default-max-new-tokens",
+        type=int,
+        default=100,
+        help="max_new_tokens when a request gives none (default %(default)s)",
+    )
+    p.add_argument("--generation-threads", type=int, default=4, help="requests decoding at the same time (default 4)")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads, 0 = torch default")
+    p.add_argument(
+        "--online",
+        dest="offline",
+        action="store_false",
+        help="allow downloads from the hub (default: offline, local files only; also HF_HUB_OFFLINE)",
+    )
+    p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse options, build the engine and serve until SIGTERM/SIGINT.
+
+    Returns:
+        Process exit status.
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+    if args.offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if args.max_input_tokens >= args.max_total_tokens:
+        print("--max-input-tokens must be less than --max-total-tokens", file=sys.stderr)
+        return 2
+    try:
+        engine = create_engine(args.engine, args)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    limits = ServerLimits(
+        max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_stop_sequences=args.max_stop_sequences,
+        default_max_new_tokens=args.default_max_new_tokens,
+    )
+    import uvicorn
+
+    uvicorn.run(
+        create_app(engine, limits),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

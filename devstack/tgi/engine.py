@@ -1,0 +1,192 @@
+"""The engine interface behind the TGI-compatible server, and the registry of engines.
+
+An engine turns a prompt into a stream of token events. The HTTP layer (``devstack.tgi.server``) does
+everything that is the same for every engine: request validation and limits, stop sequences, concurrency
+limits, TGI/OpenAI response formats. A new engine (for example the planned "simulated" one with a fixed
+time to first token, time per token, capacity and fault schedule) implements :class:`Engine` and registers
+a factory with :func:`register_engine`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+#: TGI's finish reasons. The chat API maps "eos_token" and "stop_sequence" to "stop".
+FinishReason = Literal["length", "eos_token", "stop_sequence"]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What ``GET /info`` reports about the engine's model.
+
+    Attributes:
+        model_id: Model name shown to clients.
+        model_sha: Revision of the weights, if known.
+        model_dtype: Torch dtype name, e.g. "torch.float32".
+        model_device_type: "cpu" or "cuda".
+        max_position_embeddings: Longest sequence (tokens) the model can attend to.
+    """
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    model_device_type: str
+    max_position_embeddings: int
+
+
+@dataclass(frozen=True)
+class TokenSpan:
+    """One token of a tokenized text, as ``POST /tokenize`` returns it.
+
+    Attributes:
+        id: Token id.
+        text: The token's surface text.
+        start: Character offset where the token starts in the input (inclusive).
+        stop: Character offset where it ends (exclusive).
+    """
+
+    id: int
+    text: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding parameters of one request, already validated by the server.
+
+    Attributes:
+        max_new_tokens: Upper bound of generated tokens (the eos token included).
+        do_sample: Sample instead of greedy decoding; implied by temperature/top_p/top_k.
+        temperature: Softmax temperature (> 0) when sampling.
+        top_p: Nucleus sampling mass in (0, 1].
+        top_k: Keep only the k most likely tokens (0 = off).
+        repetition_penalty: CTRL-style penalty (> 0; 1.0 = off).
+        seed: Random seed of the sampler; the engine picks one when None and sampling.
+    """
+
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token.
+
+    Attributes:
+        id: Token id.
+        text: The text this token adds to the output (may be "" while a multi-byte character is incomplete).
+        logprob: Natural-log probability of the token under the decoding distribution.
+        special: True for special tokens (eos); their text is not part of ``generated_text``.
+    """
+
+    id: int
+    text: str
+    logprob: float
+    special: bool = False
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    """End of one generation: always the last event of :meth:`Engine.generate_stream`.
+
+    Attributes:
+        finish_reason: "length" (``max_new_tokens`` reached) or "eos_token".
+        seed: The seed used when sampling, else None.
+    """
+
+    finish_reason: FinishReason
+    seed: int | None = None
+
+
+class EngineError(Exception):
+    """Generation failed inside the engine (reported to clients as TGI's ``error_type: generation``)."""
+
+
+class Engine(ABC):
+    """A text-generation backend of the TGI-compatible server."""
+
+    @abstractmethod
+    def info(self) -> EngineInfo:
+        """Describe the model (``GET /info``)."""
+
+    @abstractmethod
+    def tokenize(self, text: str) -> list[TokenSpan]:
+        """Split ``text`` into the model's tokens, with character offsets (special tokens are not added)."""
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` as the model reads it (prompt length for limits and usage)."""
+        return len(self.tokenize(text))
+
+    @abstractmethod
+    def apply_chat_template(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """Render chat messages (``{"role": ..., "content": ...}``) into one prompt, with the assistant cue."""
+
+    @abstractmethod
+    def generate_stream(self, prompt: str, params: GenerationParams) -> AsyncIterator[TokenEvent | FinishEvent]:
+        """Generate from ``prompt``: yield :class:`TokenEvent` as tokens appear, then one :class:`FinishEvent`.
+
+        Closing the iterator early (``aclose()``, e.g. on a stop sequence or a client disconnect) must stop
+        the generation and free its resources.
+
+        Raises:
+            EngineError: the model failed.
+        """
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load the model; called once before the server accepts requests."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Free resources; called once at server shutdown."""
+
+
+#: Builds an engine from the parsed command line of ``python -m devstack.tgi``.
+EngineFactory = Callable[[argparse.Namespace], Engine]
+
+_ENGINES: dict[str, EngineFactory] = {}
+
+
+def register_engine(name: str, factory: EngineFactory) -> None:
+    """Make an engine selectable with ``--engine name``."""
+    _ENGINES[name] = factory
+
+
+def engine_names() -> list[str]:
+    """Names accepted by ``--engine``."""
+    _load_builtin()
+    return sorted(_ENGINES)
+
+
+def create_engine(name: str, args: argparse.Namespace) -> Engine:
+    """Build the engine called ``name``.
+
+    Raises:
+        ValueError: no engine has that name.
+    """
+    _load_builtin()
+    try:
+        factory = _ENGINES[name]
+    except KeyError:
+        raise ValueError(f"unknown engine {name!r}; known: {sorted(_ENGINES)}") from None
+    return factory(args)
+
+
+def _load_builtin() -> None:
+    if "transformers" not in _ENGINES:
+
+        def _transformers(args: argparse.Namespace) -> Engine:
+            from devstack.tgi.transformers_engine import TransformersEngine
+
+            return TransformersEngine.from_args(args)
+
+        register_engine("transformers", _transformers)
+    # Extension point: register_engine("simulated", ...) lands here with the simulated engine.

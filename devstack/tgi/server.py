@@ -1,0 +1,568 @@
+"""FastAPI app speaking Hugging Face text-generation-inference's HTTP API on top of an :class:`Engine`.
+
+Routes: ``POST /generate``, ``POST /generate_stream`` (server-sent events), ``POST /`` (TGI's compat route),
+``POST /v1/chat/completions`` (OpenAI format, streaming or not), ``GET /info``, ``GET /health``,
+``POST /tokenize``, ``GET /v1/models``, ``GET /metrics``. Errors follow TGI: ``{"error": ..., "error_type":
+...}`` with 422 "validation", 429 "overloaded", 424/500 "generation"; errors inside a stream are sent as an
+event with the same two fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from devstack.tgi.engine import Engine, EngineError, FinishEvent, FinishReason, GenerationParams, TokenEvent
+from devstack.tgi.schemas import ChatRequest, CompatGenerateRequest, GenerateParameters, GenerateRequest
+
+logger = logging.getLogger(__name__)
+
+#: TGI version this server imitates (reported in /info and the chat system_fingerprint).
+TGI_VERSION = "3.3.6"
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Limits the server enforces and reports in ``/info`` (token counts are in model tokens).
+
+    Attributes:
+        max_input_tokens: Longest prompt accepted.
+        max_total_tokens: Prompt plus ``max_new_tokens`` may not exceed this.
+        max_concurrent_requests: Requests in flight above this get 429 "overloaded".
+        max_stop_sequences: Stop sequences per request.
+        max_best_of: Largest ``best_of`` (1: no best-of sampling).
+        default_max_new_tokens: Used when a request gives none (capped by what ``max_total_tokens`` leaves).
+    """
+
+    max_input_tokens: int = 3072
+    max_total_tokens: int = 4096
+    max_concurrent_requests: int = 16
+    max_stop_sequences: int = 4
+    max_best_of: int = 1
+    default_max_new_tokens: int = 100
+
+
+class TGIError(Exception):
+    """An error answered in TGI's format.
+
+    Args:
+        status: HTTP status.
+        error_type: TGI error type ("validation", "overloaded", "generation", ...).
+        message: Human-readable message.
+    """
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.message, "error_type": self.error_type}
+
+
+def _validation(msg: str) -> TGIError:
+    return TGIError(422, "validation", f"Input validation error: {msg}")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    prompt: str
+    input_length: int
+    params: GenerationParams
+    stop: tuple[str, ...]
+
+
+@dataclass
+class _Result:
+    text: str
+    tokens: list[TokenEvent]
+    finish_reason: FinishReason
+    seed: int | None
+
+
+class _Metrics:
+    """Prometheus metrics of the server (TGI's names, subset)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter("tgi_request_count", "Requests received", registry=registry)
+        self.success = Counter("tgi_request_success", "Requests answered", registry=registry)
+        self.failures = Counter("tgi_request_failure", "Failed requests", ["err"], registry=registry)
+        self.in_flight = Gauge("tgi_queue_size", "Requests in flight", registry=registry)
+        self.input_length = Histogram(
+            "tgi_request_input_length",
+            "Prompt tokens",
+            buckets=(16, 64, 256, 512, 1024, 2048, 4096, 8192),
+            registry=registry,
+        )
+        self.generated = Histogram(
+            "tgi_request_generated_tokens",
+            "Generated tokens",
+            buckets=(1, 8, 32, 64, 128, 256, 512, 1024),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "tgi_request_duration",
+            "Request duration in seconds",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
+
+
+class TGIServer:
+    """The request handling shared by all routes.
+
+    Args:
+        engine: The text-generation backend (started by the app's lifespan).
+        limits: Limits to enforce and report.
+    """
+
+    def __init__(self, engine: Engine, limits: ServerLimits) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.in_flight = 0
+        self.metrics = _Metrics(CollectorRegistry())
+
+    # -- admission ---------------------------------------------------------------------------------
+    def admit(self) -> None:
+        """Count one more request in flight.
+
+        Raises:
+            TGIError: 429 "overloaded" when ``max_concurrent_requests`` are already in flight.
+        """
+        self.metrics.requests.inc()
+        if self.in_flight >= self.limits.max_concurrent_requests:
+            self.metrics.failures.labels("overloaded").inc()
+            raise TGIError(429, "overloaded", "Model is overloaded")
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    # -- validation --------------------------------------------------------------------------------
+    def prepare(self, prompt: str, p: GenerateParameters, *, chat: bool = False) -> _Prepared:
+        """Validate a request like TGI's validation workers and build the engine parameters.
+
+        Raises:
+            TGIError: 422 "validation" for an invalid parameter or a prompt over the token limits.
+        """
+        lim = self.limits
+        if not chat and prompt == "":
+            raise _validation("`inputs` cannot be empty")
+        if p.best_of is not None and (p.best_of <= 0 or p.best_of > lim.max_best_of):
+            raise _validation(f"`best_of` must be > 0 and <= {lim.max_best_of}. Given: {p.best_of}")
+        if p.temperature is not None and p.temperature < 0:
+            raise _validation("`temperature` must be strictly positive")
+        if p.top_p is not None and not 0.0 < p.top_p <= 1.0:
+            raise _validation("`top_p` must be > 0.0 and <= 1.0")
+        if p.top_k is not None and p.top_k < 0:
+            raise _validation("`top_k` must be strictly positive")
+        if p.repetition_penalty is not None and p.repetition_penalty <= 0:
+            raise _validation("`repetition_penalty` must be strictly positive")
+        if p.max_new_tokens is not None and p.max_new_tokens <= 0:
+            raise _validation("`max_new_tokens` must be strictly positive")
+        if len(p.stop) > lim.max_stop_sequences:
+            raise _validation(f"`stop` supports up to {lim.max_stop_sequences} stop sequences. Given: {len(p.stop)}")
+        if p.grammar is not None:
+            raise _validation("grammar (guided generation) is not supported by this server")
+        if p.truncate is not None and not 0 < p.truncate <= lim.max_input_tokens:
+            raise _validation(f"`truncate` must be strictly positive and less than {lim.max_input_tokens}")
+        if p.truncate is not None:
+            spans = self.engine.tokenize(prompt)
+            if len(spans) > p.truncate:
+                prompt = prompt[spans[-p.truncate].start :]
+        input_length = self.engine.count_tokens(prompt)
+        if input_length > lim.max_input_tokens:
+            raise _validation(f"`inputs` must have less than {lim.max_input_tokens} tokens. Given: {input_length}")
+        max_new = p.max_new_tokens
+        if max_new is None:
+            max_new = max(1, min(lim.default_max_new_tokens, lim.max_total_tokens - input_length))
+        if input_length + max_new > lim.max_total_tokens:
+            raise _validation(
+                f"`inputs` tokens + `max_new_tokens` must be <= {lim.max_total_tokens}. "
+                f"Given: {input_length} `inputs` tokens and {max_new} `max_new_tokens`"
+            )
+        temperature = p.temperature
+        sampling_warpers = (
+            (temperature is not None and temperature not in (0.0, 1.0))
+            or (p.top_p is not None and p.top_p < 1.0)
+            or (p.top_k is not None and p.top_k > 0)
+        )
+        do_sample = (p.do_sample or sampling_warpers) and temperature != 0.0
+        params = GenerationParams(
+            max_new_tokens=max_new,
+            do_sample=bool(do_sample),
+            temperature=temperature if temperature else 1.0,
+            top_p=p.top_p if p.top_p is not None else 1.0,
+            top_k=p.top_k or 0,
+            repetition_penalty=p.repetition_penalty or 1.0,
+            seed=p.seed,
+        )
+        return _Prepared(prompt=prompt, input_length=input_length, params=params, stop=tuple(s for s in p.stop if s))
+
+    # -- generation --------------------------------------------------------------------------------
+    async def events(self, prep: _Prepared) -> AsyncIterator[TokenEvent | FinishEvent]:
+        """The engine's events with stop sequences applied; the last event is always a FinishEvent.
+
+        Raises:
+            TGIError: 500 "generation" when the engine fails.
+        """
+        self.metrics.input_length.observe(prep.input_length)
+        text = ""
+        stream = self.engine.generate_stream(prep.prompt, prep.params)
+        count = 0
+        try:
+            async for ev in stream:
+                if isinstance(ev, FinishEvent):
+                    self.metrics.generated.observe(count)
+                    yield ev
+                    return
+                count += 1
+                yield ev
+                if prep.stop and not ev.special:
+                    text += ev.text
+                    if _stop_hit(text, ev.text, prep.stop):
+                        self.metrics.generated.observe(count)
+                        yield FinishEvent(finish_reason="stop_sequence", seed=prep.params.seed)
+                        return
+        except EngineError as exc:
+            self.metrics.failures.labels("generation").inc()
+            raise TGIError(500, "generation", str(exc)) from exc
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
+        raise TGIError(500, "generation", "engine ended without a finish event")
+
+    async def run(self, prep: _Prepared) -> _Result:
+        """Generate to the end and collect the result."""
+        tokens: list[TokenEvent] = []
+        finish: FinishEvent | None = None
+        async for ev in self.events(prep):
+            if isinstance(ev, FinishEvent):
+                finish = ev
+            else:
+                tokens.append(ev)
+        assert finish is not None
+        text = "".join(t.text for t in tokens if not t.special)
+        return _Result(text=text, tokens=tokens, finish_reason=finish.finish_reason, seed=finish.seed)
+
+    def info(self) -> dict[str, Any]:
+        """TGI's ``Info`` (plus the fields older TGI versions reported)."""
+        ei = self.engine.info()
+        lim = self.limits
+        return {
+            "model_id": ei.model_id,
+            "model_sha": ei.model_sha,
+            "model_dtype": ei.model_dtype,
+            "model_device_type": ei.model_device_type,
+            "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": lim.max_concurrent_requests,
+            "max_best_of": lim.max_best_of,
+            "max_stop_sequences": lim.max_stop_sequences,
+            "max_input_tokens": lim.max_input_tokens,
+            "max_input_length": lim.max_input_tokens,
+            "max_total_tokens": lim.max_total_tokens,
+            "waiting_served_ratio": 1.2,
+            "max_batch_total_tokens": lim.max_total_tokens * lim.max_concurrent_requests,
+            "max_waiting_tokens": 20,
+            "max_batch_size": None,
+            "validation_workers": 1,
+            "max_client_batch_size": 1,
+            "router": "text-generation-router",
+            "version": TGI_VERSION,
+            "sha": None,
+            "docker_label": "ragstream-devstack",
+        }
+
+
+def _stop_hit(text: str, piece: str, stops: tuple[str, ...]) -> bool:
+    """True when a stop sequence ends within the last ``piece`` appended to ``text``."""
+    if not stops or not piece:
+        return False
+    window = text[-(max(len(s) for s in stops) + len(piece)) :]
+    return any(s in window for s in stops)
+
+
+def _token_json(t: TokenEvent) -> dict[str, Any]:
+    return {"id": t.id, "text": t.text, "logprob": t.logprob, "special": t.special}
+
+
+def _sse(obj: Mapping[str, Any]) -> bytes:
+    return f"data:{json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
+def _error_response(exc: TGIError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status, content=exc.body())
+
+
+def create_app(engine: Engine, limits: ServerLimits) -> FastAPI:
+    """Build the FastAPI app; the engine is started in the app's lifespan (before serving).
+
+    Args:
+        engine: The backend.
+        limits: Limits to enforce and report in ``/info``.
+
+    Returns:
+        The ASGI app.
+    """
+    server = TGIServer(engine, limits)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        t0 = time.monotonic()
+        await engine.start()
+        info = engine.info()
+        if limits.max_total_tokens > info.max_position_embeddings:
+            logger.warning(
+                "max_total_tokens=%s exceeds the model's max_position_embeddings=%s",
+                limits.max_total_tokens,
+                info.max_position_embeddings,
+            )
+        logger.info("engine ready model=%s seconds=%.1f", info.model_id, time.monotonic() - t0)
+        yield
+        await engine.close()
+
+    app = FastAPI(title="ragstream devstack TGI-compatible server", lifespan=lifespan)
+    app.state.server = server
+
+    @app.exception_handler(TGIError)
+    async def _tgi_error(request: Request, exc: TGIError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"error": str(exc.errors()), "error_type": "validation"})
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        return server.info()
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        mid = engine.info().model_id
+        return {
+            "object": "list",
+            "data": [{"id": mid, "object": "model", "created": 0, "owned_by": "ragstream-devstack"}],
+        }
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/tokenize")
+    async def tokenize(req: GenerateRequest) -> list[dict[str, Any]]:
+        return [{"id": s.id, "text": s.text, "start": s.start, "stop": s.stop} for s in engine.tokenize(req.inputs)]
+
+    async def _generate(req: GenerateRequest) -> dict[str, Any]:
+        prep = server.prepare(req.inputs, req.parameters)
+        server.admit()
+        t0 = time.monotonic()
+        try:
+            res = await server.run(prep)
+        finally:
+            server.release()
+        server.metrics.success.inc()
+        server.metrics.duration.observe(time.monotonic() - t0)
+        text = (prep.prompt + res.text) if req.parameters.return_full_text else res.text
+        body: dict[str, Any] = {"generated_text": text}
+        if req.parameters.details:
+            body["details"] = {
+                "finish_reason": res.finish_reason,
+                "generated_tokens": len(res.tokens),
+                "seed": res.seed,
+                "prefill": [],
+                "tokens": [_token_json(t) for t in res.tokens],
+                "top_tokens": None,
+                "best_of_sequences": None,
+            }
+        return body
+
+    def _generate_stream(req: GenerateRequest) -> StreamingResponse:
+        prep = server.prepare(req.inputs, req.parameters)
+        server.admit()
+
+        async def body() -> AsyncIterator[bytes]:
+            t0 = time.monotonic()
+            tokens: list[TokenEvent] = []
+            text = ""
+            pending: TokenEvent | None = None
+            try:
+                async for ev in server.events(prep):
+                    if isinstance(ev, TokenEvent):
+                        tokens.append(ev)
+                        if not ev.special:
+                            text += ev.text
+                        last = (
+                            ev.special
+                            or len(tokens) >= prep.params.max_new_tokens
+                            or _stop_hit(text, ev.text, prep.stop)
+                        )
+                        if pending is not None:  # a token we held back was not the last one after all
+                            yield _sse({"index": len(tokens) - 1, "token": _token_json(pending),
+                                        "top_tokens": None, "generated_text": None, "details": None})  # fmt: skip
+                            pending = None
+                        if last:
+                            pending = ev  # sent with generated_text and details on the finish event
+                        else:
+                            yield _sse({"index": len(tokens), "token": _token_json(ev), "top_tokens": None,
+                                        "generated_text": None, "details": None})  # fmt: skip
+                        continue
+                    # The last token event carries generated_text (and details), as in TGI.
+                    text = "".join(t.text for t in tokens if not t.special)
+                    if req.parameters.return_full_text:
+                        text = prep.prompt + text
+                    details = None
+                    if req.parameters.details:
+                        details = {
+                            "finish_reason": ev.finish_reason,
+                            "generated_tokens": len(tokens),
+                            "seed": ev.seed,
+                            "input_length": prep.input_length,
+                        }
+                    final = pending or TokenEvent(id=0, text="", logprob=0.0, special=True)
+                    yield _sse({"index": len(tokens), "token": _token_json(final), "top_tokens": None,
+                                "generated_text": text, "details": details})  # fmt: skip
+                server.metrics.success.inc()
+                server.metrics.duration.observe(time.monotonic() - t0)
+            except TGIError as exc:
+                yield _sse(exc.body())
+            finally:
+                server.release()
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    @app.post("/generate")
+    async def generate(req: GenerateRequest) -> dict[str, Any]:
+        return await _generate(req)
+
+    @app.post("/generate_stream")
+    async def generate_stream(req: GenerateRequest) -> StreamingResponse:
+        return _generate_stream(req)
+
+    @app.post("/", response_model=None)
+    async def compat(req: CompatGenerateRequest) -> list[dict[str, Any]] | StreamingResponse:
+        if req.stream:
+            return _generate_stream(req)
+        return [await _generate(req)]
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(req: ChatRequest) -> dict[str, Any] | StreamingResponse:
+        if req.n not in (None, 1):
+            raise _validation("`n` must be 1")
+        if req.tools:
+            raise _validation("tools are not supported by this server")
+        if req.response_format is not None:
+            raise _validation("response_format (guided generation) is not supported by this server")
+        if not req.messages:
+            raise _validation("`messages` cannot be empty")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        params = GenerateParameters(
+            max_new_tokens=req.max_completion_tokens or req.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            stop=stop,
+            repetition_penalty=None,
+        )
+        prompt = engine.apply_chat_template([{"role": m.role, "content": m.text()} for m in req.messages])
+        prep = server.prepare(prompt, params, chat=True)
+        server.admit()
+        model_id = engine.info().model_id
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        fingerprint = f"{TGI_VERSION}-native"
+
+        def openai_reason(r: FinishReason) -> str:
+            return "length" if r == "length" else "stop"
+
+        def logprob_json(t: TokenEvent) -> dict[str, Any]:
+            return {"token": t.text, "logprob": t.logprob, "top_logprobs": []}
+
+        if not req.stream:
+            t0 = time.monotonic()
+            try:
+                res = await server.run(prep)
+            finally:
+                server.release()
+            server.metrics.success.inc()
+            server.metrics.duration.observe(time.monotonic() - t0)
+            visible = [t for t in res.tokens if not t.special]
+            return {
+                "object": "chat.completion",
+                "id": cid,
+                "created": created,
+                "model": model_id,
+                "system_fingerprint": fingerprint,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": res.text},
+                        "logprobs": {"content": [logprob_json(t) for t in visible]} if req.logprobs else None,
+                        "finish_reason": openai_reason(res.finish_reason),
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prep.input_length,
+                    "completion_tokens": len(res.tokens),
+                    "total_tokens": prep.input_length + len(res.tokens),
+                },
+            }
+
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def chunk(delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> dict[str, Any]:
+            return {
+                "object": "chat.completion.chunk",
+                "id": cid,
+                "created": created,
+                "model": model_id,
+                "system_fingerprint": fingerprint,
+                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                "usage": None,
+            }
+
+        async def body() -> AsyncIterator[bytes]:
+            t0 = time.monotonic()
+            n = 0
+            try:
+                async for ev in server.events(prep):
+                    if isinstance(ev, TokenEvent):
+                        n += 1
+                        if ev.special or not ev.text:
+                            continue
+                        lp = {"content": [logprob_json(ev)]} if req.logprobs else None
+                        yield _sse(chunk({"role": "assistant", "content": ev.text}, None, lp))
+                        continue
+                    yield _sse(chunk({"role": "assistant", "content": ""}, openai_reason(ev.finish_reason)))
+                    if include_usage:
+                        usage = {"prompt_tokens": prep.input_length, "completion_tokens": n,
+                                 "total_tokens": prep.input_length + n}  # fmt: skip
+                        yield _sse({**chunk({}, None), "choices": [], "usage": usage})
+                server.metrics.success.inc()
+                server.metrics.duration.observe(time.monotonic() - t0)
+                yield b"data: [DONE]\n\n"
+            except TGIError as exc:
+                yield _sse(exc.body())
+            finally:
+                server.release()
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    return app

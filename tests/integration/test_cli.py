@@ -1,0 +1,50 @@
+"""The CLI as a new user meets it: help for every command, one-line errors for wrong addresses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+CLI = [sys.executable, "-m", "workers.cli"]
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["topics"], ["topics", "apply"], ["topics", "list"], ["schema"], ["ingest"], ["run"], ["ask"]]
+)
+def test_help_says_what_each_command_does(args: list[str]) -> None:
+    out = _run([*args, "--help"])
+    assert out.returncode == 0, out.stderr
+    assert "Usage:" in out.stdout
+    assert len(out.stdout.strip().splitlines()) > 3
+
+
+def test_wrong_broker_gives_one_line_error() -> None:
+    out = _run(["topics", "list"], RAG_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1")
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "127.0.0.1:1" in lines[0] and "Traceback" not in out.stderr
+
+
+def test_wrong_database_url_gives_one_line_error() -> None:
+    out = _run(["ingest", "--python-docs"], RAG_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "Traceback" not in out.stderr and "127.0.0.1:1" in lines[0]
+
+
+def test_schema_writes_four_json_schemas(tmp_path: object) -> None:
+    out = _run(["schema", "--out", str(tmp_path)])
+    assert out.returncode == 0, out.stderr
+    import pathlib
+
+    names = sorted(p.name for p in pathlib.Path(str(tmp_path)).iterdir())
+    assert names == ["dead_letter.schema.json", "prompt.schema.json", "request.schema.json", "response.schema.json"]
