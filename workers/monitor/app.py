@@ -1,0 +1,473 @@
+"""Wiring of the monitor: a faust-streaming app that writes one trace row per request id (DESIGN.md §3).
+
+One agent reads the four topics (``requests``, ``prompts``, ``responses``, ``dead_letter`` with the
+settings' prefix) through one multi-topic channel, so a request, its prompt and its response that arrive
+close together are merged and written in one transaction.
+
+Delivery: the agent uses ``Stream.noack_take`` and acks the batch's events only after the batch is committed
+to PostgreSQL. (Plain ``take()`` acks the yielded events in a ``finally`` when the generator resumes *or
+is closed*, so a batch whose write was interrupted by a stop would be acked without being stored.) faust
+commits only acked offsets, so a crash between consuming and writing redelivers the batch, and the
+recorder's idempotent upserts make the redelivery a no-op. Nothing escapes the agent: undecodable messages
+become error records (errors table + ``bad_messages`` metric), and database failures are retried with
+backoff (transient) or isolated per event (a row the database rejects becomes an error record).
+
+Topics: the four main topics are declared ``internal=False``, so faust never creates them (they are created
+by ``ragstream topics apply``); :func:`run` checks that they exist before starting. The leader topic is
+disabled and there are no tables, so the app creates no topics at all.
+
+Metrics: served by ``prometheus_client.start_http_server`` on ``settings.monitor.metrics_port`` in its own
+thread, not by a faust web view: the endpoint then keeps answering when the event loop is busy or stuck
+(which is when metrics matter most), and it is the same mechanism and port convention as the other
+workers. faust's own web server runs on ``settings.monitor.web_port`` (0 disables it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faust
+import psycopg
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry, start_http_server
+from psycopg_pool import ConnectionPool, PoolTimeout
+from pydantic import BaseModel
+
+from workers.errors import ConfigError, ServiceUnavailableError
+from workers.messages import DeadLetter, Prompt, Request, Response
+from workers.monitor.join import ErrorRecord, KafkaCoords, TraceUpdate, assemble, bad_message
+from workers.monitor.metrics import MonitorMetrics, build_metrics
+from workers.monitor.recorder import BatchResult, TraceRecorder
+from workers.serde import decode
+from workers.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Logical topic → wire model expected on it.
+TOPIC_MODELS: dict[str, type[BaseModel]] = {
+    "requests": Request,
+    "prompts": Prompt,
+    "responses": Response,
+    "dead_letter": DeadLetter,
+}
+
+#: Most events written in one transaction.
+DEFAULT_BATCH_MAX = 500
+#: Longest wait (seconds) for a batch to fill before it is written.
+DEFAULT_BATCH_WITHIN_S = 0.5
+#: Interval (seconds) of the timer refreshing the in-flight / past-deadline gauges.
+DEFAULT_GAUGE_INTERVAL_S = 5.0
+#: Backoff (seconds) between retries of a failed batch write: initial and maximum.
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 10.0
+
+_TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+)
+
+
+def topic_names(settings: Settings) -> dict[str, str]:
+    """Full topic name (prefix included) → logical topic (``requests``, ``prompts``, ...)."""
+    return {settings.topics.name(kind): kind for kind in TOPIC_MODELS}  # type: ignore[arg-type]  # literal keys
+
+
+@dataclass
+class MonitorSink:
+    """Turns a batch of Kafka events into one database transaction and counts what changed.
+
+    Args:
+        recorder: the PostgreSQL sink.
+        metrics: the metrics bundle.
+        topics: full topic name → logical topic (see :func:`topic_names`).
+    """
+
+    recorder: TraceRecorder
+    metrics: MonitorMetrics
+    topics: dict[str, str]
+
+    def assemble_batch(
+        self, messages: Sequence[tuple[KafkaCoords, bytes | None]]
+    ) -> tuple[list[TraceUpdate], list[ErrorRecord]]:
+        """Decode and join a batch; a message that cannot be decoded becomes an error record.
+
+        Args:
+            messages: ``(coords, raw value)`` in reading order.
+
+        Returns:
+            ``(updates, errors)``. Never raises: any failure on one message is recorded for that message.
+        """
+        updates: list[TraceUpdate] = []
+        errors: list[ErrorRecord] = []
+        for coords, raw in messages:
+            kind = self.topics.get(coords.topic)
+            try:
+                if kind is None:
+                    raise ConfigError(f"message from unexpected topic {coords.topic!r}")
+                joined = assemble(decode(raw, TOPIC_MODELS[kind]), coords)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - every failure becomes an error record, none escapes
+                logger.warning(
+                    "bad message topic=%s partition=%d offset=%d error_class=%s error=%s",
+                    coords.topic,
+                    coords.partition,
+                    coords.offset,
+                    getattr(exc, "error_class", type(exc).__name__),
+                    exc,
+                )
+                errors.append(bad_message(raw, coords, exc))
+                continue
+            if joined.update is not None:
+                updates.append(joined.update)
+            if joined.error is not None:
+                errors.append(joined.error)
+        return updates, errors
+
+    def write(self, updates: list[TraceUpdate], errors: list[ErrorRecord]) -> BatchResult:
+        """Write one batch; when the database rejects it (not a transient failure), isolate the bad events.
+
+        Each update that the database still rejects on its own is replaced by an error record
+        (error class ``db_rejected``), so one poisonous event cannot block the partition.
+
+        Args:
+            updates: the batch's trace updates.
+            errors: the batch's error records.
+
+        Returns:
+            What changed (for the metrics).
+
+        Raises:
+            psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout: transient failure; retry the batch.
+            psycopg.Error: even the error records could not be stored; retry the batch.
+        """
+        try:
+            return self.recorder.write_batch(updates, errors)
+        except _TRANSIENT_DB_ERRORS:
+            raise
+        except psycopg.Error as exc:
+            logger.warning("batch rejected by the database, writing events one by one: %s", exc)
+        combined = BatchResult()
+        rejected: list[ErrorRecord] = []
+        for upd in updates:
+            try:
+                res = self.recorder.write_batch([upd], [])
+            except _TRANSIENT_DB_ERRORS:
+                raise
+            except psycopg.Error as exc:
+                logger.error(
+                    "trace update rejected request_id=%s topic=%s partition=%d offset=%d error=%s",
+                    upd.request_id,
+                    upd.last.topic,
+                    upd.last.partition,
+                    upd.last.offset,
+                    exc,
+                )
+                rejected.append(_rejected(upd, exc))
+                continue
+            combined.changes.extend(res.changes)
+        res = self.recorder.write_batch([], [*errors, *rejected])
+        combined.errors_inserted.extend(res.errors_inserted)
+        return combined
+
+    def record(self, result: BatchResult) -> None:
+        """Count a committed batch's changes in the metrics."""
+        self.metrics.record(result, topic_kinds=self.topics)
+
+    def refresh_gauges(self) -> int:
+        """Refresh the in-flight and past-deadline gauges from the trace table.
+
+        Returns:
+            Requests past their deadline without an answer.
+
+        Raises:
+            psycopg.Error: the query failed.
+        """
+        in_flight, overdue = self.recorder.unanswered(datetime.now(UTC))
+        self.metrics.in_flight.set(in_flight)
+        self.metrics.past_deadline.set(overdue)
+        return overdue
+
+
+def _rejected(upd: TraceUpdate, exc: BaseException) -> ErrorRecord:
+    coords = upd.last
+    return ErrorRecord(
+        kind="bad_message",
+        source_topic=coords.topic,
+        source_partition=coords.partition,
+        source_offset=coords.offset,
+        stage="monitor",
+        error_class="db_rejected",
+        error_message=f"{type(exc).__name__}: {exc}".replace("\x00", "\\0")[:4000],
+        request_id=upd.request_id,
+        seen=coords,
+        value_b64=None,
+    )
+
+
+def _broker_urls(bootstrap_servers: str) -> list[str]:
+    return [f"kafka://{h.strip()}" for h in bootstrap_servers.split(",") if h.strip()]
+
+
+def create_app(
+    settings: Settings,
+    pool: ConnectionPool | None = None,
+    *,
+    metrics: MonitorMetrics | None = None,
+    registry: CollectorRegistry | None = None,
+    topic_partitions: int | None = None,
+    batch_max: int = DEFAULT_BATCH_MAX,
+    batch_within_s: float = DEFAULT_BATCH_WITHIN_S,
+    gauge_interval_s: float = DEFAULT_GAUGE_INTERVAL_S,
+    datadir: Path | None = None,
+) -> faust.App:
+    """Build the monitor's faust app (nothing connects until it starts).
+
+    Args:
+        settings: the process's settings (topics and prefix, Kafka, database, ``monitor`` section).
+        pool: a psycopg connection pool; default: a new one on ``settings.database_url``. The agent opens it
+            if it is not open yet; the caller closes it (:func:`run` does).
+        metrics: the metrics bundle; default: :func:`build_metrics` in ``registry``.
+        registry: Prometheus registry for the default metrics (default: the global registry).
+        topic_partitions: faust's ``topic_partitions`` (partitions of topics faust would create); default:
+            the largest partition count of the four topics as in topics.yaml (12). :func:`run` passes the
+            counts found on the broker.
+        batch_max: most events written per transaction.
+        batch_within_s: longest wait (seconds) for a batch to fill.
+        gauge_interval_s: interval (seconds) of the in-flight / past-deadline timer.
+        datadir: faust's data folder (default: ``<tmp>/ragstream-faust-<app id>``; no tables are kept there).
+
+    Returns:
+        The app, with agent ``traces`` and timer ``gauges``. ``app.conf.id`` is ``settings.monitor.app_id``,
+        which is also the consumer group.
+
+    Raises:
+        ConfigError: the trace table name is invalid or no bootstrap server is given.
+    """
+    mon = settings.monitor
+    brokers = _broker_urls(settings.kafka.bootstrap_servers)
+    if not brokers:
+        raise ConfigError("no Kafka bootstrap servers configured (RAG_KAFKA__BOOTSTRAP_SERVERS)")
+    db_pool = (
+        pool
+        if pool is not None
+        else ConnectionPool(
+            settings.database_url.get_secret_value(),
+            min_size=1,
+            max_size=4,
+            open=False,
+            name=f"{mon.app_id}-pool",
+        )
+    )
+    recorder = TraceRecorder(db_pool, table=mon.table)
+    bundle = metrics if metrics is not None else build_metrics(registry)
+    names = topic_names(settings)
+    sink = MonitorSink(recorder, bundle, names)
+
+    app = faust.App(
+        mon.app_id,
+        broker=brokers,
+        value_serializer="raw",
+        key_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.kafka.session_timeout_ms / 1000.0,
+        broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_ms / 3000.0),
+        topic_partitions=topic_partitions or 12,
+        topic_disable_leader=True,
+        web_enabled=mon.web_port > 0,
+        web_port=mon.web_port if mon.web_port > 0 else 6066,
+        web_bind="127.0.0.1",
+        datadir=str(datadir or Path(tempfile.gettempdir()) / f"ragstream-faust-{mon.app_id}"),
+        autodiscover=False,
+        store="memory://",
+    )
+    channel = app.topic(*names, internal=False, value_serializer="raw", key_serializer="raw")
+    ready = asyncio.Event()
+
+    async def _prepare() -> None:
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                if db_pool.closed:
+                    await asyncio.to_thread(lambda: db_pool.open(wait=True, timeout=30.0))
+                await asyncio.to_thread(recorder.ensure_schema)
+                ready.set()
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying until the database is there
+                logger.warning("database not ready, retrying in %.1f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _write(messages: list[tuple[KafkaCoords, bytes | None]]) -> None:
+        updates, errors = sink.assemble_batch(messages)
+        delay = RETRY_INITIAL_S
+        while True:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            try:
+                result = await asyncio.to_thread(sink.write, updates, errors)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried until it succeeds or the app stops
+                bundle.write_failures.inc()
+                logger.warning("batch write failed events=%d retry_in_s=%.1f error=%s", len(messages), delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            bundle.batch_write.observe(loop.time() - started)
+            bundle.batch_size.observe(len(messages))
+            sink.record(result)
+            logger.debug(
+                "batch written events=%d rows_changed=%d errors_new=%d",
+                len(messages),
+                result.rows_changed,
+                len(result.errors_inserted),
+            )
+            return
+
+    @app.agent(channel, name=f"{mon.app_id}.traces")
+    async def traces(stream: faust.StreamT[Any]) -> None:
+        await _prepare()
+        # StreamT (the protocol) lacks noack_take; the concrete faust.Stream has it.
+        async for events in stream.noack_take(batch_max, within=batch_within_s):  # type: ignore[attr-defined]
+            batch: list[tuple[KafkaCoords, bytes | None]] = []
+            for event in events:
+                msg = event.message
+                batch.append((KafkaCoords(msg.topic, msg.partition, msg.offset), msg.value))
+            await _write(batch)
+
+    @app.on_partitions_assigned.connect
+    async def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        # The ready marker devstack.pipeline waits for.
+        logger.info("monitor started: partitions assigned app_id=%s count=%d", mon.app_id, len(assigned))
+            # Only now may faust commit these offsets (ack = safe to commit).
+            for event in events:
+                await stream.ack(event)
+
+    @app.timer(interval=gauge_interval_s, name=f"{mon.app_id}.gauges")
+    async def gauges() -> None:
+        if not ready.is_set():
+            return
+        try:
+            overdue = await asyncio.to_thread(sink.refresh_gauges)
+        except Exception as exc:  # noqa: BLE001 - a failed refresh must not stop the timer
+            logger.warning("gauge refresh failed: %s", exc)
+            return
+        if overdue:
+            logger.warning("requests past their deadline without an answer count=%d", overdue)
+
+    return app
+
+
+def check_topics(settings: Settings, timeout_s: float = 10.0) -> dict[str, int]:
+    """Check that the four topics exist (the monitor never creates them) and return their partition counts.
+
+    Args:
+        settings: Kafka connection and topic names.
+        timeout_s: how long to wait for the broker's metadata (seconds).
+
+    Returns:
+        Full topic name → partition count.
+
+    Raises:
+        ServiceUnavailableError: the broker did not answer.
+        ConfigError: a topic is missing (run ``ragstream topics apply``).
+    """
+    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra}
+    admin = AdminClient(conf)
+    try:
+        md = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ServiceUnavailableError(
+            f"Kafka broker not reachable at {settings.kafka.bootstrap_servers!r}: {exc}"
+        ) from None
+    found: dict[str, int] = {}
+    missing: list[str] = []
+    for name in topic_names(settings):
+        topic = md.topics.get(name)
+        if topic is None or topic.error is not None:
+            missing.append(name)
+        else:
+            found[name] = len(topic.partitions)
+    if missing:
+        raise ConfigError(f"topics missing: {', '.join(missing)} (create them with 'ragstream topics apply')")
+    return found
+
+
+def run(settings: Settings) -> None:
+    """Run the monitor in this process until SIGTERM or SIGINT, then stop cleanly.
+
+    Starts the Prometheus endpoint on ``settings.monitor.metrics_port`` (0: none), checks the topics, runs
+    the faust worker (which handles the signals: the agent stops, unacked batches stay uncommitted), then
+    closes the metrics server and the database pool.
+
+    Args:
+        settings: the process's settings.
+
+    Raises:
+        ConfigError: a topic is missing or a setting is invalid.
+        ServiceUnavailableError: the broker is not reachable.
+        SystemExit: the faust worker ended with a non-zero exit code.
+    """
+    partitions = check_topics(settings)
+    logger.info("monitor starting app_id=%s topics=%s", settings.monitor.app_id, partitions)
+    pool = ConnectionPool(
+        settings.database_url.get_secret_value(),
+        min_size=1,
+        max_size=4,
+        open=False,
+        name=f"{settings.monitor.app_id}-pool",
+    )
+    app = create_app(settings, pool=pool, topic_partitions=max(partitions.values()))
+    server: Any = None
+    if settings.monitor.metrics_port > 0:
+        server, _thread = start_http_server(settings.monitor.metrics_port)
+        logger.info("metrics on http://0.0.0.0:%d/metrics", settings.monitor.metrics_port)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        override_logging=False,
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    code = 0
+    try:
+        # The agent opens the pool (in a thread, retrying) so that start-up does not block on the database.
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        pool.close()
+        logger.info("monitor stopped app_id=%s exit_code=%d", settings.monitor.app_id, code)
+    if code:
+        raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m workers.monitor.app``: settings from the environment, logging, :func:`run`."""
+    from workers.logs import configure_logging
+    from workers.settings import load_settings
+
+    del argv
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        run(settings)
+    except (ConfigError, ServiceUnavailableError) as exc:
+        logger.error("%s", exc)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,469 @@
+"""The monitor's PostgreSQL sink: one trace row per request id, plus an errors table.
+
+Tables (``table`` defaults to ``rag_traces``):
+
+* ``<table>``: one row per request id. Each event kind writes only the columns it owns (see
+  :mod:`workers.monitor.join`); ``status``, ``error_class``, ``error_message``, ``error_stage``,
+  ``timings_ms`` and ``created_at`` are generated columns derived from them, so the row's content does not
+  depend on the order in which events arrive. ``kafka_topic/partition/offset`` are those of the last event
+  that changed the row; ``updated_at`` is the time of that change.
+* ``<table>_errors``: dead letters and messages the monitor could not decode, one row per
+  ``(source_topic, source_partition, source_offset, stage)``.
+
+A batch is written in one transaction: the existing rows of the batch's request ids are locked
+(``SELECT ... FOR UPDATE`` in id order), :func:`workers.monitor.join.resolve` keeps only the parts that
+change them, and the rest is upserted with ``executemany`` (pipelined by psycopg). A redelivered event
+therefore writes nothing and is reported as no change, which keeps the metrics from double-counting.
+
+The recorder is synchronous (psycopg 3 ``ConnectionPool``); the faust app runs it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from workers.errors import ConfigError
+from workers.monitor.join import (
+    AT_COLUMN,
+    JSON_COLUMNS,
+    KINDS,
+    OWNED_COLUMNS,
+    SIG_COLUMN,
+    STATE_COLUMNS,
+    ErrorRecord,
+    TraceChange,
+    TraceUpdate,
+    merge_updates,
+    resolve,
+)
+
+logger = logging.getLogger(__name__)
+
+_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
+
+_TRACE_DDL = """
+CREATE TABLE IF NOT EXISTS {table} (
+    request_id uuid PRIMARY KEY,
+    request_sig text,
+    request_created_at timestamptz,
+    query text,
+    top_k integer,
+    filters jsonb,
+    generation jsonb,
+    deadline timestamptz,
+    session_id text,
+    reply_topic text,
+    prompt_sig text,
+    prompt_created_at timestamptz,
+    passages jsonb,
+    messages jsonb,
+    template_id text,
+    template_hash text,
+    prompt_tokens integer,
+    max_new_tokens integer,
+    passages_dropped integer,
+    query_tokens integer,
+    query_truncated boolean,
+    embedding_model text,
+    prompt_timings_ms jsonb,
+    response_sig text,
+    response_created_at timestamptz,
+    response_status text,
+    answer text,
+    finish_reason text,
+    model_id text,
+    model_revision text,
+    usage_prompt_tokens integer,
+    usage_completion_tokens integer,
+    usage_total_tokens integer,
+    sources jsonb,
+    response_timings_ms jsonb,
+    response_error_class text,
+    response_error_message text,
+    response_error_stage text,
+    attempts integer,
+    dl_sig text,
+    dl_created_at timestamptz,
+    dl_error_class text,
+    dl_error_message text,
+    dl_stage text,
+    dl_source_topic text,
+    dl_source_partition integer,
+    dl_source_offset bigint,
+    dl_attempts integer,
+    status text GENERATED ALWAYS AS (
+        CASE
+            WHEN response_status = 'ok' THEN 'ok'
+            WHEN dl_sig IS NOT NULL THEN 'dead_letter'
+            WHEN response_status IS NOT NULL THEN response_status
+            WHEN prompt_sig IS NOT NULL THEN 'prompted'
+            WHEN request_sig IS NOT NULL THEN 'requested'
+            ELSE 'unknown'
+        END
+    ) STORED,
+    error_class text GENERATED ALWAYS AS (COALESCE(response_error_class, dl_error_class)) STORED,
+    error_message text GENERATED ALWAYS AS (
+        CASE WHEN response_error_class IS NOT NULL THEN response_error_message ELSE dl_error_message END
+    ) STORED,
+    error_stage text GENERATED ALWAYS AS (
+        CASE WHEN response_error_class IS NOT NULL THEN response_error_stage ELSE dl_stage END
+    ) STORED,
+    timings_ms jsonb GENERATED ALWAYS AS (
+        COALESCE(prompt_timings_ms, '{{}}'::jsonb) || COALESCE(response_timings_ms, '{{}}'::jsonb)
+    ) STORED,
+    created_at timestamptz GENERATED ALWAYS AS (
+        LEAST(request_created_at, prompt_created_at, response_created_at, dl_created_at)
+    ) STORED,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    kafka_topic text NOT NULL,
+    kafka_partition integer NOT NULL,
+    kafka_offset bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {unanswered_idx} ON {table} (deadline) WHERE response_status IS NULL;
+CREATE TABLE IF NOT EXISTS {errors} (
+    source_topic text NOT NULL,
+    source_partition integer NOT NULL,
+    source_offset bigint NOT NULL,
+    stage text NOT NULL,
+    kind text NOT NULL,
+    error_class text NOT NULL,
+    error_message text NOT NULL,
+    request_id uuid,
+    seen_topic text NOT NULL,
+    seen_partition integer NOT NULL,
+    seen_offset bigint NOT NULL,
+    value_b64 text,
+    attempts integer NOT NULL DEFAULT 1,
+    created_at timestamptz NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_topic, source_partition, source_offset, stage)
+);
+CREATE INDEX IF NOT EXISTS {errors_rid_idx} ON {errors} (request_id) WHERE request_id IS NOT NULL;
+"""
+
+_ERROR_COLUMNS: tuple[str, ...] = (
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "stage",
+    "kind",
+    "error_class",
+    "error_message",
+    "request_id",
+    "seen_topic",
+    "seen_partition",
+    "seen_offset",
+    "value_b64",
+    "attempts",
+    "created_at",
+)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one :meth:`TraceRecorder.write_batch` changed.
+
+    Attributes:
+        changes: one entry per trace row that was inserted or changed (redeliveries are absent).
+        errors_inserted: the error records that were new (already-stored ones are absent).
+    """
+
+    changes: list[TraceChange] = field(default_factory=list)
+    errors_inserted: list[ErrorRecord] = field(default_factory=list)
+
+    @property
+    def rows_changed(self) -> int:
+        """Number of trace rows inserted or changed."""
+        return len(self.changes)
+
+
+class TraceRecorder:
+    """Writes trace rows and error records to PostgreSQL.
+
+    Args:
+        pool: an open (or opening) psycopg 3 connection pool; the recorder never closes it.
+        table: name of the trace table (letters, digits, ``_``); errors go to ``<table>_errors``.
+
+    Raises:
+        ConfigError: ``table`` is not a plain identifier.
+    """
+
+    def __init__(self, pool: ConnectionPool, table: str = "rag_traces") -> None:
+        if not _TABLE_RE.match(table):
+            raise ConfigError(f"invalid trace table name {table!r}: use letters, digits and '_' (max 51)")
+        self._pool = pool
+        self.table = table
+        self.errors_table = f"{table}_errors"
+        self._t = sql.Identifier(table)
+        self._e = sql.Identifier(self.errors_table)
+        self._upsert = self._build_upsert()
+        self._insert_error = self._build_insert_error()
+
+    # -- schema ---------------------------------------------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        """Create both tables and their indexes if missing (idempotent, safe across replicas).
+
+        Raises:
+            psycopg.Error: the database refused (permissions, connection).
+        """
+        ddl = sql.SQL(_TRACE_DDL).format(
+            table=self._t,
+            errors=self._e,
+            unanswered_idx=sql.Identifier(f"{self.table}_unanswered_idx"),
+            errors_rid_idx=sql.Identifier(f"{self.errors_table}_rid_idx"),
+        )
+        with self._pool.connection() as conn, conn.transaction():
+            # Serialise concurrent CREATE ... IF NOT EXISTS of several replicas (they can race on pg_type).
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+            conn.execute(ddl)
+        logger.info("trace schema ready table=%s errors_table=%s", self.table, self.errors_table)
+
+    # -- writes ---------------------------------------------------------------------------------------
+
+    def write(self, updates: Sequence[TraceUpdate]) -> int:
+        """Upsert trace updates in one transaction.
+
+        Args:
+            updates: updates in the order their events were read (merged by request id here).
+
+        Returns:
+            Number of trace rows inserted or changed (0 for a batch of redeliveries).
+
+        Raises:
+            psycopg.Error: the write failed; nothing of the batch is stored.
+        """
+        return self.write_batch(updates, ()).rows_changed
+
+    def write_errors(self, errors: Sequence[ErrorRecord]) -> int:
+        """Insert error records in one transaction (already-stored keys are left as they are).
+
+        Args:
+            errors: dead letters and bad messages.
+
+        Returns:
+            Number of records that were new.
+
+        Raises:
+            psycopg.Error: the write failed; nothing of the batch is stored.
+        """
+        return len(self.write_batch((), errors).errors_inserted)
+
+    def write_batch(self, updates: Sequence[TraceUpdate], errors: Sequence[ErrorRecord]) -> BatchResult:
+        """Write trace updates and error records of one batch in one transaction.
+
+        Args:
+            updates: trace updates in reading order (merged by request id here).
+            errors: error records.
+
+        Returns:
+            The rows that changed and the error records that were new (for the metrics).
+
+        Raises:
+            psycopg.Error: the write failed and the transaction was rolled back; nothing is stored and the
+                caller should retry the same batch.
+        """
+        merged = merge_updates(updates)
+        result = BatchResult()
+        if not merged and not errors:
+            return result
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            if merged:
+                states = self._lock_states(cur, [u.request_id for u in merged])
+                rows: list[dict[str, Any]] = []
+                for upd in merged:
+                    effective, change = resolve(states.get(upd.request_id), upd)
+                    if effective is not None:
+                        rows.append(self._row(effective))
+                        result.changes.append(change)
+                if rows:
+                    cur.executemany(self._upsert, rows)
+            if errors:
+                unique: dict[tuple[str, int, int, str], ErrorRecord] = {}
+                for rec in errors:
+                    unique.setdefault((rec.source_topic, rec.source_partition, rec.source_offset, rec.stage), rec)
+                recs = list(unique.values())
+                cur.executemany(self._insert_error, [self._error_row(r) for r in recs], returning=True)
+                for rec in recs:
+                    if cur.fetchone() is not None:
+                        result.errors_inserted.append(rec)
+                    if not cur.nextset():
+                        break
+        return result
+
+    def _lock_states(self, cur: Any, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+        query = sql.SQL(
+            "SELECT request_id, {cols} FROM {t} WHERE request_id = ANY(%s) ORDER BY request_id FOR UPDATE"
+        ).format(cols=sql.SQL(", ").join(sql.Identifier(c) for c in STATE_COLUMNS), t=self._t)
+        cur.execute(query, (sorted(ids),))
+        return {row["request_id"]: row for row in cur.fetchall()}
+
+    def _build_upsert(self) -> sql.Composed:
+        cols: list[str] = [c for k in KINDS for c in OWNED_COLUMNS[k]]
+        insert_cols = ["request_id", *cols, "kafka_topic", "kafka_partition", "kafka_offset"]
+        sets: list[sql.Composable] = []
+        for kind in KINDS:
+            sig, at = SIG_COLUMN[kind], AT_COLUMN[kind]
+            # Python decided (apply_<kind>); the version guard repeats the check in SQL for the race where
+            # another replica inserted the row after our SELECT ... FOR UPDATE found none.
+            guard = sql.SQL(
+                "({apply} AND ({t}.{sig} IS NULL OR (EXCLUDED.{at}, EXCLUDED.{sig}) > ({t}.{at}, {t}.{sig})))"
+            ).format(
+                apply=sql.Placeholder(f"apply_{kind}"),
+                t=self._t,
+                sig=sql.Identifier(sig),
+                at=sql.Identifier(at),
+            )
+            for col in OWNED_COLUMNS[kind]:
+                sets.append(
+                    sql.SQL("{c} = CASE WHEN {guard} THEN EXCLUDED.{c} ELSE {t}.{c} END").format(
+                        c=sql.Identifier(col), guard=guard, t=self._t
+                    )
+                )
+        for col in ("kafka_topic", "kafka_partition", "kafka_offset"):
+            sets.append(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(col)))
+        sets.append(sql.SQL("updated_at = now()"))
+        return sql.SQL("INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT (request_id) DO UPDATE SET {sets}").format(
+            t=self._t,
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in insert_cols),
+            vals=sql.SQL(", ").join(sql.Placeholder(c) for c in insert_cols),
+            sets=sql.SQL(", ").join(sets),
+        )
+
+    def _build_insert_error(self) -> sql.Composed:
+        return sql.SQL(
+            "INSERT INTO {e} ({cols}) VALUES ({vals}) "
+            "ON CONFLICT (source_topic, source_partition, source_offset, stage) DO NOTHING RETURNING 1"
+        ).format(
+            e=self._e,
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in _ERROR_COLUMNS),
+            vals=sql.SQL(", ").join(sql.Placeholder(c) for c in _ERROR_COLUMNS),
+        )
+
+    @staticmethod
+    def _row(update: TraceUpdate) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "request_id": update.request_id,
+            "kafka_topic": update.last.topic,
+            "kafka_partition": update.last.partition,
+            "kafka_offset": update.last.offset,
+        }
+        for kind in KINDS:
+            part = update.parts.get(kind)
+            row[f"apply_{kind}"] = part is not None
+            values = part.columns() if part is not None else {}
+            for col in OWNED_COLUMNS[kind]:
+                value = values.get(col)
+                row[col] = Jsonb(value) if col in JSON_COLUMNS and value is not None else value
+        return row
+
+    @staticmethod
+    def _error_row(rec: ErrorRecord) -> dict[str, Any]:
+        return {
+            "source_topic": rec.source_topic,
+            "source_partition": rec.source_partition,
+            "source_offset": rec.source_offset,
+            "stage": rec.stage,
+            "kind": rec.kind,
+            "error_class": rec.error_class,
+            "error_message": rec.error_message,
+            "request_id": rec.request_id,
+            "seen_topic": rec.seen.topic,
+            "seen_partition": rec.seen.partition,
+            "seen_offset": rec.seen.offset,
+            "value_b64": rec.value_b64,
+            "attempts": rec.attempts,
+            "created_at": rec.created_at,
+        }
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Number of trace rows.
+
+        Raises:
+            psycopg.Error: the query failed.
+        """
+        with self._pool.connection() as conn:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=self._t)).fetchone()
+        return int(row[0]) if row else 0
+
+    def get(self, request_id: uuid.UUID | str) -> dict[str, Any] | None:
+        """The trace row of one request id as a column → value dict, or ``None``.
+
+        Raises:
+            psycopg.Error: the query failed.
+            ValueError: ``request_id`` is not a UUID.
+        """
+        rid = request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(str(request_id))
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(sql.SQL("SELECT * FROM {t} WHERE request_id = %s").format(t=self._t), (rid,))
+            return cur.fetchone()
+
+    def errors(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Rows of the errors table, oldest recorded first.
+
+        Args:
+            limit: most rows returned.
+
+        Raises:
+            psycopg.Error: the query failed.
+        """
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT * FROM {e} ORDER BY recorded_at, source_topic, source_partition, source_offset LIMIT %s"
+                ).format(e=self._e),
+                (limit,),
+            )
+            return cur.fetchall()
+
+    def count_errors(self) -> int:
+        """Number of rows of the errors table.
+
+        Raises:
+            psycopg.Error: the query failed.
+        """
+        with self._pool.connection() as conn:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {e}").format(e=self._e)).fetchone()
+        return int(row[0]) if row else 0
+
+    def unanswered(self, now: datetime) -> tuple[int, int]:
+        """Requests seen without a response yet, and how many of them are past their deadline.
+
+        Args:
+            now: the current time (UTC).
+
+        Returns:
+            ``(in_flight, past_deadline)``; rows ended by a dead letter are not in flight.
+
+        Raises:
+            psycopg.Error: the query failed.
+        """
+        query = sql.SQL(
+            "SELECT count(*), count(*) FILTER (WHERE deadline < %s) FROM {t} "
+            "WHERE response_status IS NULL AND request_sig IS NOT NULL AND dl_sig IS NULL"
+        ).format(t=self._t)
+        with self._pool.connection() as conn:
+            row = conn.execute(query, (now,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def drop(self) -> None:
+        """Drop the trace and errors tables (tests and evaluation clean-up).
+
+        Raises:
+            psycopg.Error: the statement failed.
+        """
+        with self._pool.connection() as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}, {e}").format(t=self._t, e=self._e))
