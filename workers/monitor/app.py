@@ -343,14 +343,14 @@ def create_app(
                 msg = event.message
                 batch.append((KafkaCoords(msg.topic, msg.partition, msg.offset), msg.value))
             await _write(batch)
+            # Only now may faust commit these offsets (ack = safe to commit).
+            for event in events:
+                await stream.ack(event)
 
     @app.on_partitions_assigned.connect
     async def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         # The ready marker devstack.pipeline waits for.
         logger.info("monitor started: partitions assigned app_id=%s count=%d", mon.app_id, len(assigned))
-            # Only now may faust commit these offsets (ack = safe to commit).
-            for event in events:
-                await stream.ack(event)
 
     @app.timer(interval=gauge_interval_s, name=f"{mon.app_id}.gauges")
     async def gauges() -> None:
