@@ -1,4 +1,4 @@
-"""The ``ragstream`` command line (typer): topics, schema, ingest, run, ask.
+"""The ``ragstream`` command line (typer): topics, schema, ingest, run, ask, replay.
 
 Every command reads its settings from the environment (``RAG_*``, see ``workers/settings.py``) once at
 start. Errors that ragstream raises on purpose (unreachable broker or database, bad configuration) print one
@@ -214,6 +214,91 @@ def print_response(question: str, resp: object) -> None:
         src.add_row(str(i + 1), s.document_id, s.chunk_id, f"{s.score:.4f}")
     console.print(src)
     console.print("timings (ms): " + ", ".join(f"{k}={v:.1f}" for k, v in resp.timings_ms.items()))
+
+
+@app.command()
+def replay(
+    run_name: Annotated[
+        str | None, typer.Option("--run", help="Run name: goes into the shadow prefix and the replay_run header.")
+    ] = None,
+    topic: Annotated[str | None, typer.Option(help="Topic to replay (default: the requests topic).")] = None,
+    from_offset: Annotated[int | None, typer.Option(help="First offset of every partition.")] = None,
+    offsets: Annotated[
+        str | None, typer.Option(help="Per-partition offsets, inclusive: '0:5-9,1:0-' (P:A-B, P:A-, P:-B, P:A, P).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="First record time, ISO 8601 with zone (2026-11-30T10:00:00Z) or epoch ms.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="End record time (exclusive), same forms as --since.")] = None,
+    request_ids: Annotated[
+        str | None, typer.Option(help="Only these request ids: a file (one per line) or comma-separated UUIDs.")
+    ] = None,
+    prefix: Annotated[
+        str, typer.Option(help="Shadow topic prefix; {run} is replaced by the run name.")
+    ] = "rag.eval.{run}.",
+    topics_file: Annotated[
+        Path | None, typer.Option(help="topics.yaml whose topics are created with the prefix if missing.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print start, end and count per partition; produce nothing.")
+    ] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Replay a bounded range of a topic into a shadow topic set (rag.eval.<run>.*) for evaluation.
+
+    The range ends at the high watermark taken at the start; no consumer group is joined and no offset is
+    committed. Values are copied unchanged; headers replay_run and replay_source are added. Exits 1 when a
+    record was not delivered.
+
+    Examples:
+
+      ragstream replay --run tmpl-v2 --since 2026-11-30T10:00:00Z --until 2026-11-30T11:00:00Z
+
+      ragstream replay --run r1 --offsets 0:5-9,1:0- --dry-run
+
+      ragstream replay --run r2 --request-ids ids.txt
+    """
+    from workers.replay import build_plan
+    from workers.replay import replay as run_replay
+
+    s = _settings()
+    plan = build_plan(
+        topic=topic,
+        from_offset=from_offset,
+        offsets=offsets,
+        since=since,
+        until=until,
+        request_ids=request_ids,
+    )
+    report = run_replay(
+        s,
+        plan,
+        run=run_name,
+        prefix=prefix,
+        topics_file=topics_file or _default_topics_file(),
+        dry_run=dry_run,
+        progress=not no_progress and not dry_run,
+    )
+    title = f"{report.source_topic} -> {report.target_topic or '(dry run)'}"
+    if dry_run:
+        table = Table("partition", "start", "end", "count", title=title)
+        for p in report.partitions:
+            table.add_row(str(p.partition), str(p.start), str(p.end), str(p.count))
+        console.print(table)
+        console.print(f"dry run: {report.in_range} records in range over {len(report.partitions)} partitions")
+        return
+    table = Table("partition", "start", "end", "read", "produced", "failed", title=title)
+    for p in report.partitions:
+        table.add_row(str(p.partition), str(p.start), str(p.end), str(p.read), str(p.produced), str(p.failed))
+    console.print(table)
+    console.print(
+        f"run={report.run} read={report.read} selected={report.selected} produced={report.produced} "
+        f"failed={report.failed} seconds={report.seconds:.1f}"
+    )
+    if report.missing_request_ids:
+        console.print(f"[yellow]{len(report.missing_request_ids)} request ids not found in the range[/]")
+    if not report.ok:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:
