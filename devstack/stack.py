@@ -66,8 +66,10 @@ class StackConfig:
         kafka_port: Broker listener port; the KRaft controller listens on ``kafka_port + 1``.
         pg_port: PostgreSQL TCP port (listens on 127.0.0.1 only).
         llm_port: Port of the TGI-compatible LLM server.
-        llm_engine: Engine of the LLM server (``python -m devstack.tgi --engine``): "transformers" now;
-            further engines (e.g. "simulated") register in ``devstack.tgi.engines``.
+        llm_engine: Engine of the LLM server (``python -m devstack.tgi --engine``): "transformers" (a real
+            causal LM) or "simulated" (filler tokens with configurable timing and faults; its options, e.g.
+            ``--ttft-ms``, ``--capacity``, ``--faults``, go in ``llm_extra_args``); engines register in
+            ``devstack.tgi.engine``.
         llm_model: "" for the tiny offline model built locally; else a local model folder or hub id.
         services: Which services :meth:`Stack.up` starts (subset of ``ALL_SERVICES``).
         kafka_heap: JVM heap options of the broker.

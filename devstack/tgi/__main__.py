@@ -66,6 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="allow downloads from the hub (default: offline, local files only; also HF_HUB_OFFLINE)",
     )
+    sim = p.add_argument_group("simulated engine (--engine simulated; also changeable via POST /admin/config)")
+    sim.add_argument(
+        "--ttft-ms", type=float, default=50.0, help="time to first token once in the batch, ms (default %(default)s)"
+    )
+    sim.add_argument("--per-token-ms", type=float, default=10.0, help="time per output token, ms (default %(default)s)")
+    sim.add_argument(
+        "--capacity",
+        type=int,
+        default=8,
+        help="requests generating at once; more wait in a queue (default %(default)s)",
+    )
+    sim.add_argument(
+        "--faults",
+        default="",
+        help="fault schedule at start: JSON text or a JSON file path (a list of rules; see "
+        "devstack/tgi/simulated_engine.py; default: none)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     return p
 

@@ -2,9 +2,14 @@
 
 An engine turns a prompt into a stream of token events. The HTTP layer (``devstack.tgi.server``) does
 everything that is the same for every engine: request validation and limits, stop sequences, concurrency
-limits, TGI/OpenAI response formats. A new engine (for example the planned "simulated" one with a fixed
-time to first token, time per token, capacity and fault schedule) implements :class:`Engine` and registers
-a factory with :func:`register_engine`.
+limits, TGI/OpenAI response formats. A new engine implements :class:`Engine` and registers a factory with
+:func:`register_engine`. Built in: "transformers" (a real causal LM) and "simulated" (filler tokens with a
+configurable time to first token, time per token, batch capacity and fault schedule; see
+``devstack.tgi.simulated_engine``).
+
+Optional hooks let an engine act on the HTTP layer: :meth:`Engine.on_request` sees every generation request
+as it arrives (and may delay it or reject it with :class:`EngineRejectedError`), and
+:meth:`Engine.admin_router` adds dev-only routes to the app.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import argparse
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
 
 #: TGI's finish reasons. The chat API maps "eos_token" and "stop_sequence" to "stop".
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
@@ -67,6 +75,8 @@ class GenerationParams:
         top_k: Keep only the k most likely tokens (0 = off).
         repetition_penalty: CTRL-style penalty (> 0; 1.0 = off).
         seed: Random seed of the sampler; the engine picks one when None and sampling.
+        request_id: Id the server gave the request (the one passed to :meth:`Engine.on_request`), so an
+            engine can find state it attached to the request; None when the caller is not the server.
     """
 
     max_new_tokens: int
@@ -76,6 +86,7 @@ class GenerationParams:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,28 @@ class EngineError(Exception):
     """Generation failed inside the engine (reported to clients as TGI's ``error_type: generation``)."""
 
 
+class EngineRejectedError(Exception):
+    """The engine refuses a request before generating; the server answers it in TGI's error format.
+
+    Args:
+        status: HTTP status (e.g. 429, 503, 422).
+        error_type: TGI error type ("overloaded", "loading", "validation", ...).
+        message: Human-readable message (the body's ``error``).
+        extra: More fields of the JSON body, e.g. ``{"estimated_time": 20.0}`` (seconds) for "loading".
+    """
+
+    def __init__(self, status: int, error_type: str, message: str, extra: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.extra = dict(extra or {})
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body: ``{"error": ..., "error_type": ..., **extra}``."""
+        return {"error": self.message, "error_type": self.error_type, **self.extra}
+
+
 class Engine(ABC):
     """A text-generation backend of the TGI-compatible server."""
 
@@ -141,6 +174,20 @@ class Engine(ABC):
         Raises:
             EngineError: the model failed.
         """
+
+    async def on_request(self, request_id: str) -> None:  # noqa: B027 - optional hook
+        """See a generation request as it arrives, before validation (default: nothing).
+
+        Args:
+            request_id: Unique id of the request; the server passes it on in ``GenerationParams.request_id``.
+
+        Raises:
+            EngineRejectedError: the request is refused with that HTTP error.
+        """
+
+    def admin_router(self) -> APIRouter | None:
+        """Extra dev-only routes the server mounts (default: None, no routes)."""
+        return None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load the model; called once before the server accepts requests."""
@@ -189,4 +236,11 @@ def _load_builtin() -> None:
             return TransformersEngine.from_args(args)
 
         register_engine("transformers", _transformers)
-    # Extension point: register_engine("simulated", ...) lands here with the simulated engine.
+    if "simulated" not in _ENGINES:
+
+        def _simulated(args: argparse.Namespace) -> Engine:
+            from devstack.tgi.simulated_engine import SimulatedEngine
+
+            return SimulatedEngine.from_args(args)
+
+        register_engine("simulated", _simulated)

@@ -4,7 +4,9 @@ Routes: ``POST /generate``, ``POST /generate_stream`` (server-sent events), ``PO
 ``POST /v1/chat/completions`` (OpenAI format, streaming or not), ``GET /info``, ``GET /health``,
 ``POST /tokenize``, ``GET /v1/models``, ``GET /metrics``. Errors follow TGI: ``{"error": ..., "error_type":
 ...}`` with 422 "validation", 429 "overloaded", 424/500 "generation"; errors inside a stream are sent as an
-event with the same two fields.
+event with the same two fields. An engine may add fields to its error bodies (:class:`EngineRejectedError`,
+e.g. ``estimated_time`` with 503 "loading") and dev-only routes (:meth:`Engine.admin_router`, e.g. the
+simulated engine's ``/admin/*``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,7 +25,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from devstack.tgi.engine import Engine, EngineError, FinishEvent, FinishReason, GenerationParams, TokenEvent
+from devstack.tgi.engine import (
+    Engine,
+    EngineError,
+    EngineRejectedError,
+    FinishEvent,
+    FinishReason,
+    GenerationParams,
+    TokenEvent,
+)
 from devstack.tgi.schemas import ChatRequest, CompatGenerateRequest, GenerateParameters, GenerateRequest
 
 logger = logging.getLogger(__name__)
@@ -153,8 +163,44 @@ class TGIServer:
         self.in_flight -= 1
         self.metrics.in_flight.set(self.in_flight)
 
+    async def begin(self) -> str:
+        """Give an arriving generation request its id and show it to the engine (:meth:`Engine.on_request`).
+
+        Returns:
+            The request id, to pass to :meth:`prepare`.
+
+        Raises:
+            EngineRejectedError: the engine refuses the request.
+        """
+        request_id = uuid.uuid4().hex
+        await self.engine.on_request(request_id)
+        return request_id
+
+    def update_limits(self, **changes: int) -> ServerLimits:
+        """Change limits at runtime (dev server admin routes), e.g. ``max_concurrent_requests=4``.
+
+        Returns:
+            The new limits.
+
+        Raises:
+            ValueError: an unknown limit, a value < 1, or ``max_input_tokens >= max_total_tokens``.
+        """
+        if any(v < 1 for v in changes.values()):
+            raise ValueError(f"limits must be >= 1: {changes}")
+        try:
+            new = replace(self.limits, **changes)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        if new.max_input_tokens >= new.max_total_tokens:
+            raise ValueError("max_input_tokens must be less than max_total_tokens")
+        self.limits = new
+        logger.info("limits changed %s", " ".join(f"{k}={v}" for k, v in changes.items()))
+        return new
+
     # -- validation --------------------------------------------------------------------------------
-    def prepare(self, prompt: str, p: GenerateParameters, *, chat: bool = False) -> _Prepared:
+    def prepare(
+        self, prompt: str, p: GenerateParameters, *, chat: bool = False, request_id: str | None = None
+    ) -> _Prepared:
         """Validate a request like TGI's validation workers and build the engine parameters.
 
         Raises:
@@ -211,6 +257,7 @@ class TGIServer:
             top_k=p.top_k or 0,
             repetition_penalty=p.repetition_penalty or 1.0,
             seed=p.seed,
+            request_id=request_id,
         )
         return _Prepared(prompt=prompt, input_length=input_length, params=params, stop=tuple(s for s in p.stop if s))
 
@@ -342,6 +389,11 @@ def create_app(engine: Engine, limits: ServerLimits) -> FastAPI:
     async def _tgi_error(request: Request, exc: TGIError) -> JSONResponse:
         return _error_response(exc)
 
+    @app.exception_handler(EngineRejectedError)
+    async def _rejected(request: Request, exc: EngineRejectedError) -> JSONResponse:
+        server.metrics.failures.labels(exc.error_type).inc()
+        return JSONResponse(status_code=exc.status, content=exc.body())
+
     @app.exception_handler(RequestValidationError)
     async def _bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"error": str(exc.errors()), "error_type": "validation"})
@@ -371,7 +423,8 @@ def create_app(engine: Engine, limits: ServerLimits) -> FastAPI:
         return [{"id": s.id, "text": s.text, "start": s.start, "stop": s.stop} for s in engine.tokenize(req.inputs)]
 
     async def _generate(req: GenerateRequest) -> dict[str, Any]:
-        prep = server.prepare(req.inputs, req.parameters)
+        rid = await server.begin()
+        prep = server.prepare(req.inputs, req.parameters, request_id=rid)
         server.admit()
         t0 = time.monotonic()
         try:
@@ -394,8 +447,9 @@ def create_app(engine: Engine, limits: ServerLimits) -> FastAPI:
             }
         return body
 
-    def _generate_stream(req: GenerateRequest) -> StreamingResponse:
-        prep = server.prepare(req.inputs, req.parameters)
+    async def _generate_stream(req: GenerateRequest) -> StreamingResponse:
+        rid = await server.begin()
+        prep = server.prepare(req.inputs, req.parameters, request_id=rid)
         server.admit()
 
         async def body() -> AsyncIterator[bytes]:
@@ -454,16 +508,17 @@ def create_app(engine: Engine, limits: ServerLimits) -> FastAPI:
 
     @app.post("/generate_stream")
     async def generate_stream(req: GenerateRequest) -> StreamingResponse:
-        return _generate_stream(req)
+        return await _generate_stream(req)
 
     @app.post("/", response_model=None)
     async def compat(req: CompatGenerateRequest) -> list[dict[str, Any]] | StreamingResponse:
         if req.stream:
-            return _generate_stream(req)
+            return await _generate_stream(req)
         return [await _generate(req)]
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatRequest) -> dict[str, Any] | StreamingResponse:
+        rid = await server.begin()
         if req.n not in (None, 1):
             raise _validation("`n` must be 1")
         if req.tools:
@@ -482,7 +537,7 @@ def create_app(engine: Engine, limits: ServerLimits) -> FastAPI:
             repetition_penalty=None,
         )
         prompt = engine.apply_chat_template([{"role": m.role, "content": m.text()} for m in req.messages])
-        prep = server.prepare(prompt, params, chat=True)
+        prep = server.prepare(prompt, params, chat=True, request_id=rid)
         server.admit()
         model_id = engine.info().model_id
         cid = f"chatcmpl-{uuid.uuid4().hex}"
@@ -565,4 +620,7 @@ def create_app(engine: Engine, limits: ServerLimits) -> FastAPI:
 
         return StreamingResponse(body(), media_type="text/event-stream")
 
+    router = engine.admin_router()
+    if router is not None:
+        app.include_router(router)
     return app

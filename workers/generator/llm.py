@@ -139,7 +139,12 @@ def classify(exc: BaseException) -> GenerationError:
     """Translate an exception from ``huggingface_hub``/``httpx`` into a ragstream generation error."""
     if isinstance(exc, GenerationError):
         return exc
-    if isinstance(exc, InferenceTimeoutError | asyncio.TimeoutError | TimeoutError):
+    if isinstance(exc, TextGenerationError) and isinstance(exc.__cause__, HfHubHTTPError):
+        # huggingface_hub wraps an HTTP error whose TGI error_type it does not know (e.g. 503 "loading") in
+        # UnknownError; the HTTP status underneath says what it is.
+        if not isinstance(exc, OverloadedError | HFValidationError):
+            return classify(exc.__cause__)
+    if isinstance(exc, InferenceTimeoutError | asyncio.TimeoutError | TimeoutError | httpx.TimeoutException):
         return LLMTimeoutError(f"LLM call timed out: {exc}")
     if isinstance(exc, OverloadedError):
         return LLMOverloadedError(f"LLM server overloaded: {exc}")
