@@ -13,10 +13,11 @@ demo:
 	@$(VENV_CMD); python -m devstack.demo $(ARGS)
 
 lint:
-	@$(VENV_CMD); ruff check workers devstack tests bench
+	@$(VENV_CMD); ruff check workers devstack tests bench && ruff format --check -q workers devstack tests bench && mypy workers devstack
 
 test:
-	@$(VENV_CMD); ruff check workers devstack tests bench && python -m pytest -q -p no:cacheprovider $(ARGS)
+	@$(VENV_CMD); ruff check workers devstack tests bench && ruff format --check -q workers devstack tests bench \
+	  && mypy workers devstack && python -m pytest -q -p no:cacheprovider $(ARGS)
 
 test-unit:
 	@$(VENV_CMD); python -m pytest -q tests/unit $(ARGS)

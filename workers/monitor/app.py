@@ -347,10 +347,10 @@ def create_app(
             for event in events:
                 await stream.ack(event)
 
-    @app.on_partitions_assigned.connect
-    async def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types the sender positional-only
+    async def _on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         # The ready marker devstack.pipeline waits for.
-        logger.info("monitor started: partitions assigned app_id=%s count=%d", mon.app_id, len(assigned))
+        logger.info("monitor started: partitions assigned app_id=%s count=%d", mon.app_id, len(args[0]) if args else 0)
 
     @app.timer(interval=gauge_interval_s, name=f"{mon.app_id}.gauges")
     async def gauges() -> None:

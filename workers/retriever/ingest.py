@@ -1,0 +1,356 @@
+"""Ingestion: split documents into chunks that fit the embedding model, embed them, store them.
+
+Chunks are measured in tokens of the EMBEDDING model's tokenizer, its special tokens (``[CLS]``,
+``[SEP]``) included, and never exceed ``max_tokens`` (256 for all-MiniLM-L6-v2): every chunk is counted
+after it is cut, so nothing relies on the model's silent truncation. Cuts prefer paragraph breaks, then
+sentence ends, then line breaks, then spaces between words; a run of text with none of these is cut at
+token offsets. Consecutive chunks overlap by about ``overlap`` tokens.
+
+No torch or Kafka here: the embedder and the store come in as arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tqdm import tqdm
+
+from workers.errors import ConfigError
+from workers.retriever.store import ChunkRow
+
+if TYPE_CHECKING:
+    from workers.retriever.embedding import EmbedResult
+    from workers.retriever.store import VectorStore
+
+logger = logging.getLogger(__name__)
+
+#: Text file suffixes read by :func:`path_documents`.
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
+
+# Break priorities at a token boundary (higher = better place to cut).
+_PARAGRAPH, _SENTENCE, _LINE, _WORD, _NONE = 4, 3, 2, 1, 0
+_SENTENCE_END = re.compile(r"[.!?:;][\"')\]]*$")
+
+
+class ChunkTokenizer(Protocol):
+    """What chunking needs from a tokenizer (``tokens.LocalTokenizerCounter`` provides it)."""
+
+    @property
+    def num_special_tokens(self) -> int:
+        """Tokens added to every text (2 for BERT)."""
+        ...
+
+    def count(self, texts: list[str]) -> list[int]:
+        """Tokens of each text, special tokens included."""
+        ...
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the text's tokens, special tokens excluded."""
+        ...
+
+
+class DocumentEmbedder(Protocol):
+    """What ingestion needs from the embedder (``embedding.Embedder`` provides it)."""
+
+    @property
+    def tokenizer(self) -> ChunkTokenizer: ...
+
+    @property
+    def max_seq_length(self) -> int: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    def encode(self, texts: list[str]) -> EmbedResult: ...
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document small enough for the embedding model.
+
+    Attributes:
+        chunk_id: ``f"{document_id}#{chunk_index}"``.
+        document_id: the source document.
+        chunk_index: 0-based position in the document.
+        text: ``document_text[start_char:end_char]``.
+        content_hash: sha256 hex of ``text`` (UTF-8).
+        token_count: tokens of the embedding tokenizer, special tokens included (<= max_tokens).
+        start_char: offset of the first character in the document.
+        end_char: offset after the last character.
+        metadata: copied to the store (matched by search filters).
+    """
+
+    chunk_id: str
+    document_id: str
+    chunk_index: int
+    text: str
+    content_hash: str
+    token_count: int
+    start_char: int
+    end_char: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_row(self, embedding: Any) -> ChunkRow:
+        """The store row of this chunk with its ``(dim,)`` float32 embedding."""
+        return ChunkRow(
+            chunk_id=self.chunk_id,
+            document_id=self.document_id,
+            chunk_index=self.chunk_index,
+            text=self.text,
+            content_hash=self.content_hash,
+            token_count=self.token_count,
+            embedding=embedding,
+            metadata=dict(self.metadata),
+        )
+
+
+def content_hash(text: str) -> str:
+    """sha256 hex digest of a chunk's text (UTF-8)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _break_priority(text: str, spans: list[tuple[int, int]], i: int) -> int:
+    """How good it is to start a new chunk at token ``i`` (cut between token i-1 and i)."""
+    prev_end = spans[i - 1][1]
+    gap = text[prev_end : spans[i][0]]
+    if "\n" in gap and gap.count("\n") >= 2:
+        return _PARAGRAPH
+    prev_tok = text[spans[i - 1][0] : prev_end]
+    if gap and _SENTENCE_END.search(prev_tok):
+        return _SENTENCE
+    if "\n" in gap:
+        return _LINE
+    if gap:
+        return _WORD
+    return _NONE
+
+
+def chunk_text(
+    document_id: str,
+    text: str,
+    tokenizer: ChunkTokenizer,
+    max_tokens: int = 256,
+    overlap: int = 32,
+    metadata: dict[str, Any] | None = None,
+) -> list[Chunk]:
+    """Split a document into chunks of at most ``max_tokens`` tokens, special tokens included.
+
+    Args:
+        document_id: id of the document; chunk ids are ``f"{document_id}#{index}"``.
+        text: the document text.
+        tokenizer: the EMBEDDING model's tokenizer (counts and token offsets).
+        max_tokens: most tokens per chunk, ``[CLS]``/``[SEP]`` included (the model's max_seq_length).
+        overlap: tokens shared by consecutive chunks (the next chunk starts about this many tokens
+            before the previous one ends, at a word start when one is near).
+        metadata: stored with every chunk.
+
+    Returns:
+        The chunks in document order; empty for a text without tokens.
+
+    Raises:
+        ValueError: ``max_tokens`` leaves no room for text, or ``overlap`` is not below half of it.
+    """
+    budget = max_tokens - tokenizer.num_special_tokens
+    if budget < 2:
+        raise ValueError(f"max_tokens {max_tokens} leaves no room for text")
+    if not 0 <= overlap < budget // 2:
+        raise ValueError(f"overlap {overlap} must be >= 0 and below half the chunk ({budget // 2} tokens)")
+    spans = tokenizer.offsets(text)
+    n = len(spans)
+    if n == 0:
+        return []
+    prio = [_NONE] + [_break_priority(text, spans, i) for i in range(1, n)]
+
+    # Token ranges [start, end) of each chunk.
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        limit = min(start + budget, n)
+        if limit == n:
+            end = n
+        else:
+            # Best break in the second half of the window; the latest one among equals.
+            lo = start + max(budget // 2, overlap + 1)
+            best, end = -1, limit
+            for i in range(limit, lo - 1, -1):
+                if prio[i] > best:
+                    best, end = prio[i], i
+                    if best == _PARAGRAPH:
+                        break
+        ranges.append((start, end))
+        if end >= n:
+            break
+        nxt = max(end - overlap, start + 1)
+        # Start the overlap at a sentence or line start in its first half if there is one, else at the
+        # next word start.
+        best_j, best_p = nxt, prio[nxt]
+        for j in range(nxt, max(nxt + 1, end - overlap // 2)):
+            if prio[j] > best_p:
+                best_j, best_p = j, prio[j]
+        if best_p < _WORD:
+            for j in range(nxt, min(nxt + 8, end)):
+                if prio[j] >= _WORD:
+                    best_j = j
+                    break
+        start = best_j
+
+    texts = [text[spans[s][0] : spans[e - 1][1]] for s, e in ranges]
+    counts = tokenizer.count(texts)
+    # A cut inside a word may re-tokenize into more pieces than the token slice: shrink until it fits.
+    for idx, (count, (s, e)) in enumerate(zip(counts, ranges, strict=True)):
+        while count > max_tokens and e - s > 1:
+            e -= max(1, count - max_tokens)
+            texts[idx] = text[spans[s][0] : spans[e - 1][1]]
+            count = tokenizer.count([texts[idx]])[0]
+            ranges[idx] = (s, e)
+        if count > max_tokens:
+            raise ValueError(f"cannot cut {document_id!r} into chunks of {max_tokens} tokens")
+        counts[idx] = count
+
+    meta = dict(metadata or {})
+    return [
+        Chunk(
+            chunk_id=f"{document_id}#{i}",
+            document_id=document_id,
+            chunk_index=i,
+            text=t,
+            content_hash=content_hash(t),
+            token_count=c,
+            start_char=spans[s][0],
+            end_char=spans[e - 1][1],
+            metadata=meta,
+        )
+        for i, (t, c, (s, e)) in enumerate(zip(texts, counts, ranges, strict=True))
+    ]
+
+
+def python_docs_documents() -> list[tuple[str, str]]:
+    """Python's reference documentation topics shipped with the interpreter (``pydoc_data.topics``).
+
+    Returns:
+        ``(topic, text)`` pairs sorted by topic (79 on CPython 3.11), e.g. ``("with", "The "with" statement…")``.
+    """
+    from pydoc_data.topics import topics
+
+    return sorted((str(k), str(v)) for k, v in topics.items())
+
+
+def path_documents(path: str | Path) -> list[tuple[str, str]]:
+    """Text documents (``.txt``, ``.md``, ``.rst``) under a folder, or one file.
+
+    Args:
+        path: a folder (searched recursively) or a single file.
+
+    Returns:
+        ``(document_id, text)`` pairs sorted by id; the id is the path relative to ``path`` (POSIX form), or
+        the file name when ``path`` is a file.
+
+    Raises:
+        ConfigError: the path does not exist.
+    """
+    root = Path(path).expanduser()
+    if root.is_file():
+        return [(root.name, root.read_text(encoding="utf-8", errors="replace"))]
+    if not root.is_dir():
+        raise ConfigError(f"no such file or folder: {root}")
+    docs = [
+        (p.relative_to(root).as_posix(), p.read_text(encoding="utf-8", errors="replace"))
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+    ]
+    return docs
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one :func:`ingest` call did.
+
+    Attributes:
+        documents: documents read.
+        chunks: chunks cut from them.
+        inserted: rows added to the store.
+        skipped: chunks already stored (not embedded again) or rejected as duplicates by the store.
+        seconds: wall time (s).
+    """
+
+    documents: int
+    chunks: int
+    inserted: int
+    skipped: int
+    seconds: float
+
+
+def ingest(
+    documents: Iterable[tuple[str, str]],
+    embedder: DocumentEmbedder,
+    store: VectorStore,
+    batch_size: int = 64,
+    progress: bool = True,
+    *,
+    max_tokens: int | None = None,
+    overlap: int = 32,
+    metadata: dict[str, Any] | None = None,
+) -> IngestReport:
+    """Chunk, embed and store documents; chunks already stored are neither embedded nor written again.
+
+    The store's table is created if missing (:meth:`VectorStore.ensure_schema`).
+
+    Args:
+        documents: ``(document_id, text)`` pairs.
+        embedder: the embedding model.
+        store: the vector store (its dimension must equal the embedder's).
+        batch_size: chunks per embedding call and per store transaction.
+        progress: show a tqdm progress bar (chunks) on stderr.
+        max_tokens: chunk size in tokens; default the model's ``max_seq_length``.
+        overlap: tokens shared by consecutive chunks.
+        metadata: stored with every chunk (e.g. ``{"source": "pydoc"}``).
+
+    Returns:
+        Counts and wall time.
+
+    Raises:
+        DimensionMismatchError: the table's vector dimension differs from the model's.
+        RetryableError: the database became unavailable.
+    """
+    t0 = time.perf_counter()
+    docs: Sequence[tuple[str, str]] = list(documents)
+    limit = max_tokens or embedder.max_seq_length
+    store.ensure_schema(embedder.model_name)
+    chunks: list[Chunk] = []
+    for doc_id, text in docs:
+        chunks.extend(
+            chunk_text(doc_id, text, embedder.tokenizer, max_tokens=limit, overlap=overlap, metadata=metadata)
+        )
+    existing = store.existing_hashes(sorted({c.document_id for c in chunks}))
+    todo = [c for c in chunks if (c.document_id, c.content_hash) not in existing]
+    inserted = 0
+    with tqdm(total=len(todo), desc="embedding chunks", unit="chunk", disable=not progress) as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i : i + batch_size]
+            result = embedder.encode([c.text for c in batch])
+            inserted += store.upsert([c.to_row(v) for c, v in zip(batch, result.vectors, strict=True)])
+            bar.update(len(batch))
+    report = IngestReport(
+        documents=len(docs),
+        chunks=len(chunks),
+        inserted=inserted,
+        skipped=len(chunks) - inserted,
+        seconds=time.perf_counter() - t0,
+    )
+    logger.info(
+        "ingest done documents=%d chunks=%d inserted=%d skipped=%d seconds=%.1f table=%s",
+        report.documents,
+        report.chunks,
+        report.inserted,
+        report.skipped,
+        report.seconds,
+        store.table,
+    )
+    return report

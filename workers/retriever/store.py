@@ -1,0 +1,540 @@
+"""The chunk store: PostgreSQL + pgvector through psycopg 3 and a connection pool (no ML, no Kafka).
+
+One table per corpus (default ``rag_chunks``)::
+
+    chunk_id text PRIMARY KEY, document_id text, chunk_index int, text text, content_hash text,
+    token_count int, metadata jsonb, embedding vector(dim), created_at timestamptz,
+    UNIQUE (document_id, content_hash)
+
+with an HNSW index ``USING hnsw (embedding vector_cosine_ops)`` and a btree on ``document_id``.
+
+Search orders by cosine distance ``embedding <=> q`` on the HNSW index with pgvector 0.8's iterative
+index scan (``hnsw.iterative_scan = relaxed_order``), so a filtered search keeps scanning the graph until
+it has ``k`` matching rows instead of returning fewer; results are re-sorted by distance in Python, as
+relaxed order asks. Scores are cosine SIMILARITIES ``1 - (embedding <=> q)`` in ``[-1, 1]``.
+
+Database errors are translated here: connection trouble → :class:`RetryableError`, a missing table →
+:class:`ConfigError`, anything else → :class:`PermanentError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from workers.errors import (
+    ConfigError,
+    DimensionMismatchError,
+    PermanentError,
+    RetryableError,
+    ServiceUnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Query vectors: a plain list of floats or a 1-d numpy array of ``dimension`` values.
+VectorLike = Sequence[float] | np.ndarray
+#: Metadata filters: key → one value or a list of accepted values. ``document_id`` and ``chunk_id`` match
+#: columns; any other key matches ``metadata ->> key``.
+Filters = Mapping[str, str | Sequence[str]]
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_COLUMN_FILTERS = ("document_id", "chunk_id")
+#: pgvector's upper bound for ``hnsw.ef_search``.
+_MAX_EF_SEARCH = 1000
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """One chunk to store.
+
+    Attributes:
+        chunk_id: ``f"{document_id}#{chunk_index}"``.
+        document_id: the source document.
+        chunk_index: position of the chunk in its document (0-based).
+        text: the chunk text.
+        content_hash: sha256 hex of ``text``; unique per document.
+        token_count: tokens of the embedding model's tokenizer, special tokens included.
+        embedding: ``(dimension,)`` float32, L2-normalized.
+        metadata: JSON-serializable extra fields, matched by filters.
+    """
+
+    chunk_id: str
+    document_id: str
+    chunk_index: int
+    text: str
+    content_hash: str
+    token_count: int
+    embedding: VectorLike
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result.
+
+    Attributes:
+        score: cosine similarity ``1 - cosine_distance`` (1 = same direction, 0 = orthogonal, -1 = opposite).
+    """
+
+    chunk_id: str
+    document_id: str
+    chunk_index: int
+    text: str
+    score: float
+
+
+def _describe(url: str) -> str:
+    """``host:port/dbname`` of a libpq URL/DSN, without user or password."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparsable database url>"
+    host = info.get("host") or "localhost"
+    port = info.get("port") or "5432"
+    return f"{host}:{port}/{info.get('dbname') or ''}"
+
+
+def open_pool(url: str, min_size: int = 1, max_size: int = 4, *, timeout_s: float = 10.0) -> ConnectionPool:
+    """Open a psycopg connection pool whose connections know pgvector's types.
+
+    First connects once (with ``connect_timeout``) to fail fast with a clear message and to run
+    ``CREATE EXTENSION IF NOT EXISTS vector`` (the type must exist before ``register_vector``).
+
+    Args:
+        url: libpq URL or DSN, e.g. ``postgresql://postgres@127.0.0.1:5432/ragstream``.
+        min_size: connections kept open.
+        max_size: most connections at once.
+        timeout_s: seconds to wait for the server at start-up (also the pool's wait for a connection).
+
+    Returns:
+        An open pool; close it with ``pool.close()`` (or use it as a context manager).
+
+    Raises:
+        ServiceUnavailableError: the database cannot be reached, refuses the login, or lacks pgvector.
+    """
+    where = _describe(url)
+    connect_timeout = max(1, int(timeout_s))
+    try:
+        with psycopg.connect(url, connect_timeout=connect_timeout, autocommit=True) as conn:
+            try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            except psycopg.Error as exc:
+                raise ServiceUnavailableError(
+                    f"PostgreSQL at {where} has no pgvector extension and it cannot be created: {_first_line(exc)}"
+                ) from exc
+    except psycopg.Error as exc:
+        raise ServiceUnavailableError(f"cannot connect to PostgreSQL at {where}: {_first_line(exc)}") from exc
+
+    pool = ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"connect_timeout": connect_timeout},
+        configure=register_vector,
+        timeout=timeout_s,
+        open=False,
+        name=f"ragstream-store-{where}",
+    )
+    try:
+        pool.open(wait=True, timeout=timeout_s)
+    except PoolTimeout as exc:
+        pool.close()
+        raise ServiceUnavailableError(
+            f"cannot open a connection pool to PostgreSQL at {where} within {timeout_s:g} s"
+        ) from exc
+    logger.info("database pool open where=%s min_size=%d max_size=%d", where, min_size, max_size)
+    return pool
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _translate(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (RetryableError, PermanentError):
+        raise
+    except PoolTimeout as exc:
+        raise RetryableError(f"{action}: no database connection available: {exc}") from exc
+    except psycopg.errors.UndefinedTable as exc:
+        raise ConfigError(f"{action}: {_first_line(exc)} (run `ragstream ingest` first?)") from exc
+    except psycopg.OperationalError as exc:
+        raise RetryableError(f"{action}: database unavailable: {_first_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise PermanentError(f"{action}: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+class VectorStore:
+    """Chunks and their embeddings in one pgvector table.
+
+    Args:
+        pool: an open pool from :func:`open_pool` (connections configured with ``register_vector``).
+        table: table name (letters, digits, ``_``; at most 63 characters).
+        dimension: embedding dimension the caller will write and query with (384 for all-MiniLM-L6-v2).
+        ef_search: default HNSW ``ef_search`` (candidates kept during the graph search); raised to ``k``.
+
+    Raises:
+        ConfigError: the table name is not a plain identifier.
+    """
+
+    def __init__(
+        self, pool: ConnectionPool, table: str = "rag_chunks", dimension: int = 384, *, ef_search: int = 80
+    ) -> None:
+        if not _IDENT.match(table):
+            raise ConfigError(f"invalid table name {table!r}: use letters, digits and _ (at most 63)")
+        self.pool = pool
+        self.table = table
+        self.dimension = dimension
+        self.ef_search = ef_search
+        self._t = sql.Identifier(table)
+
+    def _index_name(self, suffix: str) -> sql.Identifier:
+        name = f"{self.table}_{suffix}"
+        if len(name) > 63:
+            name = f"{self.table[:40]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}_{suffix[:10]}"
+        return sql.Identifier(name)
+
+    # -- schema -----------------------------------------------------------------------------------------
+
+    def ensure_schema(self, model_name: str | None = None) -> None:
+        """Create the extension, the table and its indexes if missing, then :meth:`check_dimension`.
+
+        Idempotent. The HNSW index is created here too; for a bulk load into an empty table, loading first
+        and calling :meth:`create_indexes` afterwards builds the graph faster.
+
+        Raises:
+            DimensionMismatchError: an existing table's vector column has another dimension.
+            RetryableError: the database is unavailable.
+            PermanentError: any other database error (e.g. missing privileges).
+        """
+        with _translate(f"create table {self.table}"), self.pool.connection() as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            conn.execute(
+                sql.SQL(
+                    """CREATE TABLE IF NOT EXISTS {t} (
+                        chunk_id text PRIMARY KEY,
+                        document_id text NOT NULL,
+                        chunk_index integer NOT NULL,
+                        text text NOT NULL,
+                        content_hash text NOT NULL,
+                        token_count integer NOT NULL DEFAULT 0,
+                        metadata jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+                        embedding vector({dim}) NOT NULL,
+                        created_at timestamptz NOT NULL DEFAULT now(),
+                        UNIQUE (document_id, content_hash)
+                    )"""
+                ).format(t=self._t, dim=sql.Literal(self.dimension))
+            )
+        self.check_dimension(model_name)
+        self.create_indexes()
+
+    def create_indexes(self) -> None:
+        """Create the HNSW cosine index and the ``document_id`` btree if missing (idempotent).
+
+        Raises:
+            RetryableError: the database is unavailable.
+            PermanentError: any other database error.
+        """
+        with _translate(f"create indexes on {self.table}"), self.pool.connection() as conn:
+            conn.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops)").format(
+                    i=self._index_name("embedding_hnsw"), t=self._t
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (document_id)").format(
+                    i=self._index_name("document_id"), t=self._t
+                )
+            )
+
+    def column_dimension(self) -> int | None:
+        """Dimension of the table's ``embedding`` column (``None`` when the table does not exist).
+
+        Raises:
+            ConfigError: the table exists but has no ``embedding vector(n)`` column.
+        """
+        with _translate(f"read the dimension of {self.table}"), self.pool.connection() as conn:
+            row = conn.execute(
+                """SELECT format_type(a.atttypid, a.atttypmod), a.atttypmod, t.typname
+                   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                   WHERE a.attrelid = to_regclass(%s) AND a.attname = 'embedding' AND NOT a.attisdropped""",
+                (self.table,),
+            ).fetchone()
+            if row is None:
+                exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,)).fetchone()
+                if exists and exists[0]:
+                    raise ConfigError(f"table {self.table} has no 'embedding' column")
+                return None
+        type_text, typmod, typname = row
+        if typname != "vector" or typmod is None or typmod < 1:
+            raise ConfigError(f"table {self.table} column 'embedding' is {type_text}, expected vector(n)")
+        return int(typmod)
+
+    def check_dimension(self, model_name: str | None = None) -> None:
+        """Verify the table's vector dimension equals :attr:`dimension`; no-op if the table is missing.
+
+        Args:
+            model_name: named in the error message (e.g. ``all-MiniLM-L6-v2``).
+
+        Raises:
+            DimensionMismatchError: the column has another dimension; the message names both numbers.
+            ConfigError: the ``embedding`` column is missing or not a ``vector(n)``.
+        """
+        dim = self.column_dimension()
+        if dim is not None and dim != self.dimension:
+            model = f"the embedding model {model_name}" if model_name else "the embedding model"
+            raise DimensionMismatchError(
+                f"table {self.table} has vector({dim}) but {model} gives {self.dimension} dimensions; "
+                f"use another table (RAG_RETRIEVER__TABLE) or re-ingest with the matching model"
+            )
+
+    # -- writes -----------------------------------------------------------------------------------------
+
+    def existing_hashes(self, document_ids: Sequence[str]) -> set[tuple[str, str]]:
+        """``(document_id, content_hash)`` pairs already stored for these documents.
+
+        Raises:
+            RetryableError: the database is unavailable.
+            ConfigError: the table does not exist.
+        """
+        if not document_ids:
+            return set()
+        with _translate(f"read hashes from {self.table}"), self.pool.connection() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT document_id, content_hash FROM {t} WHERE document_id = ANY(%s)").format(t=self._t),
+                (list(document_ids),),
+            ).fetchall()
+        return {(r[0], r[1]) for r in rows}
+
+    def upsert(self, chunks: Sequence[ChunkRow]) -> int:
+        """Insert chunks in one transaction (binary COPY into a temporary table, then
+        ``INSERT … ON CONFLICT DO NOTHING``); rows whose ``chunk_id`` or ``(document_id, content_hash)``
+        already exist are skipped, so re-ingesting the same text adds nothing.
+
+        Note: a changed document whose chunk ids already exist keeps its old chunks; delete it first
+        (:meth:`delete_documents`).
+
+        Args:
+            chunks: rows with ``(dimension,)`` embeddings.
+
+        Returns:
+            Rows inserted.
+
+        Raises:
+            DimensionMismatchError: an embedding does not have :attr:`dimension` values.
+            RetryableError: the database is unavailable.
+            PermanentError: any other database error.
+        """
+        if not chunks:
+            return 0
+        vectors = [self._as_vector(c.embedding) for c in chunks]
+        cols = "chunk_id, document_id, chunk_index, text, content_hash, token_count, metadata, embedding"
+        with _translate(f"insert into {self.table}"), self.pool.connection() as conn, conn.transaction():
+            tmp = sql.Identifier(f"_ingest_{self.table}"[:63])
+            conn.execute(
+                sql.SQL("CREATE TEMP TABLE {tmp} (LIKE {t} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+                    tmp=tmp, t=self._t
+                )
+            )
+            with conn.cursor() as cur:
+                with cur.copy(
+                    sql.SQL("COPY {tmp} ({cols}) FROM STDIN WITH (FORMAT BINARY)").format(tmp=tmp, cols=sql.SQL(cols))
+                ) as copy:
+                    copy.set_types(["text", "text", "int4", "text", "text", "int4", "jsonb", "vector"])
+                    for c, vec in zip(chunks, vectors, strict=True):
+                        copy.write_row(
+                            (
+                                c.chunk_id,
+                                c.document_id,
+                                c.chunk_index,
+                                c.text,
+                                c.content_hash,
+                                c.token_count,
+                                Jsonb(c.metadata),
+                                vec,
+                            )
+                        )
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {t} ({cols}) SELECT {cols} FROM {tmp} ORDER BY document_id, chunk_index "
+                        "ON CONFLICT DO NOTHING"
+                    ).format(t=self._t, tmp=tmp, cols=sql.SQL(cols))
+                )
+                inserted = max(cur.rowcount, 0)
+        logger.debug("upsert table=%s rows=%d inserted=%d", self.table, len(chunks), inserted)
+        return inserted
+
+    def delete_documents(self, document_ids: Sequence[str]) -> int:
+        """Delete every chunk of these documents; returns rows deleted.
+
+        Raises:
+            RetryableError: the database is unavailable.
+        """
+        with _translate(f"delete from {self.table}"), self.pool.connection() as conn:
+            cur = conn.execute(
+                sql.SQL("DELETE FROM {t} WHERE document_id = ANY(%s)").format(t=self._t), (list(document_ids),)
+            )
+            return max(cur.rowcount, 0)
+
+    def count(self) -> int:
+        """Rows in the table.
+
+        Raises:
+            ConfigError: the table does not exist.
+        """
+        with _translate(f"count {self.table}"), self.pool.connection() as conn:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=self._t)).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    def _as_vector(self, v: VectorLike) -> np.ndarray:
+        arr = np.asarray(v, dtype=np.float32)
+        if arr.ndim != 1 or arr.shape[0] != self.dimension:
+            raise DimensionMismatchError(
+                f"vector of shape {arr.shape} given to table {self.table} of vector({self.dimension})"
+            )
+        return arr
+
+    def _where(self, filters: Filters | None) -> tuple[sql.Composable, list[Any]]:
+        if not filters:
+            return sql.SQL(""), []
+        parts: list[sql.Composable] = []
+        params: list[Any] = []
+        for key, value in filters.items():
+            values = [value] if isinstance(value, str) else [str(x) for x in value]
+            if key in _COLUMN_FILTERS:
+                parts.append(sql.SQL("{c} = ANY(%s)").format(c=sql.Identifier(key)))
+            else:
+                parts.append(sql.SQL("metadata ->> %s = ANY(%s)"))
+                params.append(key)
+            params.append(values)
+        return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts), params
+
+    def _query(self, filters: Filters | None) -> tuple[sql.Composed, list[Any]]:
+        where, params = self._where(filters)
+        query = sql.SQL(
+            "SELECT chunk_id, document_id, chunk_index, text, embedding <=> %s AS distance FROM {t}{where} "
+            "ORDER BY embedding <=> %s LIMIT %s"
+        ).format(t=self._t, where=where)
+        return query, params
+
+    def _run(
+        self,
+        vectors: Sequence[VectorLike],
+        k: int,
+        filters: Sequence[Filters | None],
+        ef_search: int | None,
+        exact: bool,
+    ) -> list[list[Hit]]:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if len(filters) != len(vectors):
+            raise ValueError(f"{len(vectors)} vectors but {len(filters)} filters")
+        arrays = [self._as_vector(v) for v in vectors]
+        queries = [self._query(f) for f in filters]
+        out: list[list[Hit]] = []
+        with _translate(f"search {self.table}"), self.pool.connection() as conn, conn.transaction():
+            if exact:
+                # HNSW is only reachable through an index scan; without it the plan is a sequential (or a
+                # document_id bitmap) scan that computes every distance.
+                conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
+            else:
+                # SET LOCAL semantics (is_local=true): the settings end with this transaction.
+                ef = min(max(ef_search or self.ef_search, k), _MAX_EF_SEARCH)
+                conn.execute(
+                    "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+                    "set_config('hnsw.ef_search', %s, true)",
+                    (str(ef),),
+                )
+            with conn.cursor() as cur:
+                for vec, (query, params) in zip(arrays, queries, strict=True):
+                    cur.execute(query, [vec, *params, vec, k])
+                    rows = cur.fetchall()
+                    # relaxed_order may return rows slightly out of order: re-sort by distance.
+                    rows.sort(key=lambda r: r[4])
+                    out.append(
+                        [
+                            Hit(chunk_id=r[0], document_id=r[1], chunk_index=r[2], text=r[3], score=1.0 - float(r[4]))
+                            for r in rows
+                        ]
+                    )
+        return out
+
+    def search(
+        self, query_vector: VectorLike, k: int, filters: Filters | None = None, ef_search: int | None = None
+    ) -> list[Hit]:
+        """The ``k`` chunks nearest to a query by cosine distance (HNSW index, iterative scan).
+
+        Args:
+            query_vector: ``(dimension,)`` floats, a list or a numpy array.
+            k: rows wanted (fewer only when fewer rows match the filters).
+            filters: e.g. ``{"document_id": "with"}`` or ``{"document_id": ["with", "try"]}``; other keys
+                match ``metadata ->> key``.
+            ef_search: HNSW candidate list size for this query (default :attr:`ef_search`, at least ``k``).
+
+        Returns:
+            Up to ``k`` hits, best (highest cosine similarity) first.
+
+        Raises:
+            DimensionMismatchError: the query vector does not have :attr:`dimension` values.
+            ValueError: ``k < 1``.
+            RetryableError: the database is unavailable.
+            ConfigError: the table does not exist.
+        """
+        return self._run([query_vector], k, [filters], ef_search, exact=False)[0]
+
+    def search_many(
+        self,
+        vectors: Sequence[VectorLike] | np.ndarray,
+        k: int,
+        filters: Filters | Sequence[Filters | None] | None = None,
+        ef_search: int | None = None,
+    ) -> list[list[Hit]]:
+        """:meth:`search` for a micro-batch of queries on one connection in one transaction.
+
+        Args:
+            vectors: n query vectors (a list of vectors or an ``(n, dimension)`` array).
+            k: rows wanted per query.
+            filters: one filter mapping for all queries, or a sequence of n (``None`` entries: no filter).
+            ef_search: as in :meth:`search`.
+
+        Returns:
+            n lists of hits, in the order of ``vectors``.
+
+        Raises:
+            As :meth:`search`.
+        """
+        vecs = list(vectors)
+        if filters is None or isinstance(filters, Mapping):
+            per_query: list[Filters | None] = [filters] * len(vecs)
+        else:
+            per_query = list(filters)
+        return self._run(vecs, k, per_query, ef_search, exact=False)
+
+    def exact_search(self, query_vector: VectorLike, k: int, filters: Filters | None = None) -> list[Hit]:
+        """Exact nearest neighbours (no HNSW: every distance computed); for tests and benchmarks.
+
+        Returns:
+            Up to ``k`` hits, best first.
+
+        Raises:
+            As :meth:`search`.
+        """
+        return self._run([query_vector], k, [filters], None, exact=True)[0]
