@@ -2,7 +2,7 @@
 # Both bootstrap the pinned virtualenv once per machine (scripts/bootstrap.sh) and start what they need.
 SHELL := /bin/bash
 .ONESHELL:
-.PHONY: venv demo test test-unit lint schema
+.PHONY: venv demo test test-unit lint schema bench
 
 VENV_CMD = venv="$$(bash scripts/bootstrap.sh | tail -n 1)"; export PATH="$$venv/bin:$$PATH"
 
@@ -24,3 +24,7 @@ test-unit:
 
 schema:
 	@$(VENV_CMD); ragstream schema --out schemas
+
+# Benchmarks B1-B7 (BENCHMARKS.md): `make bench`, one of them `make bench ARGS="B4 --quick"`.
+bench:
+	@$(VENV_CMD); python -m bench $(ARGS)

@@ -22,5 +22,9 @@ if [ "$(cat "$venv/.lock-hash" 2>/dev/null)" != "$hash" ]; then
   echo "$hash" > "$venv/.lock-hash"
 fi
 # The project itself: editable, no dependency resolution (pins above), seconds.
-"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >&2
+log="$(mktemp)"
+if ! "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >"$log" 2>&1; then
+  cat "$log" >&2; rm -f "$log"; exit 1
+fi
+rm -f "$log"
 echo "$venv"

@@ -1,4 +1,4 @@
-"""The ``ragstream`` command line (typer): topics, schema, ingest, run, ask, replay.
+"""The ``ragstream`` command line (typer): topics, schema, ingest, run, ask, replay, shadow, evaluate.
 
 Every command reads its settings from the environment (``RAG_*``, see ``workers/settings.py``) once at
 start. Errors that ragstream raises on purpose (unreachable broker or database, bad configuration) print one
@@ -298,6 +298,161 @@ def replay(
     if report.missing_request_ids:
         console.print(f"[yellow]{len(report.missing_request_ids)} request ids not found in the range[/]")
     if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def shadow(
+    run_name: Annotated[str, typer.Option("--run", help="Run name: shadow topics rag.eval.<run>.*, groups, table.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="SECTION.KEY=VALUE override of the shadow workers (repeatable)."),
+    ] = None,
+    until_responses: Annotated[
+        int | None, typer.Option(help="Stop once this many request ids are answered on the shadow topic.")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    no_monitor: Annotated[bool, typer.Option("--no-monitor", help="Start no shadow monitor (no trace table).")] = False,
+    prefix: Annotated[str, typer.Option(help="Shadow topic prefix; {run} is replaced by the run name.")] = (
+        "rag.eval.{run}."
+    ),
+    topics_file: Annotated[
+        Path | None, typer.Option(help="topics.yaml whose topics are created with the prefix if missing.")
+    ] = None,
+    log_dir: Annotated[
+        Path | None, typer.Option(help="Folder of the worker logs (default .ragstream/shadow/<run>).")
+    ] = None,
+) -> None:
+    """Run the workers as a shadow pipeline on a replay run's topics, with another configuration.
+
+    Starts retriever, generator and a monitor (trace table rag_traces_eval_<run>) as subprocesses on the
+    topics rag.eval.<run>.*, with consumer groups rag.eval.<run>.<role>; live topics and groups are never
+    used. Stops on Ctrl-C, after --until-responses answers, or after --timeout seconds.
+
+    Examples:
+
+      ragstream shadow --run k3-concise --set retriever.top_k=3 --set retriever.template=concise
+
+      ragstream shadow --run new-llm --set llm.url=http://10.0.0.7:8080 --until-responses 500
+    """
+    from workers.shadow import plan_shadow, run_shadow
+
+    s = _settings()
+    plan = plan_shadow(s, run_name, set_ or [], prefix_template=prefix, monitor=not no_monitor)
+    logs = log_dir or Path(".ragstream") / "shadow" / run_name
+    console.print(f"shadow run {plan.run}: topics {plan.prefix}*, table {plan.trace_table or '-'}, logs {logs}")
+    for k, v in sorted(plan.env.items()):
+        console.print(f"  {k}={v}", markup=False, highlight=False)
+    result = run_shadow(
+        s,
+        plan,
+        dict(os.environ),
+        topics_file=topics_file or _default_topics_file(),
+        log_dir=logs,
+        until_responses=until_responses,
+        timeout_s=timeout,
+    )
+    console.print(
+        f"run={result.run} stopped={result.reason} answered={result.responses} by_status={result.by_status} "
+        f"seconds={result.seconds:.1f} exit_codes={result.exit_codes}"
+    )
+    if any(c not in (0, None) for c in result.exit_codes.values()):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def evaluate(
+    candidate: Annotated[
+        str, typer.Option(help="The run to judge: run:NAME (shadow topics), topics:PREFIX or table:NAME.")
+    ],
+    baseline: Annotated[
+        str, typer.Option(help="The run to compare with: live (live topics), run:NAME, topics:PREFIX or table:NAME.")
+    ] = "live",
+    labels: Annotated[
+        Path | None, typer.Option(help='Labelled questions, JSON lines {"q": ..., "topics": [...]}, for hit@k/MRR.')
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for report.html and report.json.")] = Path("eval-report"),
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-on",
+            help="Gate (repeatable): METRIC:-X / METRIC:+X% (allowed change against the baseline) or "
+            "METRIC>=X / METRIC<=X; exit 1 when one fails.",
+        ),
+    ] = None,
+    no_similarity: Annotated[
+        bool, typer.Option("--no-similarity", help="Skip answer similarity (does not load the embedding model).")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed to read each topic.")] = 120.0,
+) -> None:
+    """Compare a shadow run's answers with the baseline's, by request id; write an HTML + JSON report.
+
+    Per run: counts, error and expiry rates, latency percentiles per stage (ms), tokens, and with --labels
+    hit@1, hit@5 and MRR. Between runs: answer similarity (embedding cosine) and overlap of the retrieved
+    chunks and documents. Exits 1 when a --fail-on gate regresses, so it can gate a release.
+
+    Examples:
+
+      ragstream evaluate --candidate run:k3-concise --labels questions.jsonl --out report/
+
+      ragstream evaluate --candidate run:k3-concise --baseline table:rag_traces --labels questions.jsonl \\
+          --fail-on hit@5:-0.05 --fail-on latency.end_to_end_ms.p50:+20% --fail-on error_rate:+0.01
+    """
+    from workers.evaluate import evaluate as run_evaluate
+    from workers.evaluate import parse_gate, parse_source, write_report
+
+    s = _settings()
+    gates = [parse_gate(g) for g in fail_on or []]
+    base_src = parse_source(baseline, s.topics.prefix)
+    cand_src = parse_source(candidate, s.topics.prefix)
+    if base_src == cand_src:
+        raise typer.BadParameter("--baseline and --candidate name the same run")
+    embedder = None
+    if not no_similarity:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedding model loads from its local folder
+        from workers.retriever.embedding import Embedder
+
+        embedder = Embedder.from_settings(s.embedding)
+    try:
+        report = run_evaluate(
+            s,
+            base_src,
+            cand_src,
+            labels_path=labels,
+            gates=gates,
+            embed=(lambda texts: embedder.encode(texts).vectors.tolist()) if embedder is not None else None,
+            timeout_s=timeout,
+        )
+    finally:
+        if embedder is not None:
+            embedder.close()
+    json_path, html_path = write_report(report, out)
+    b, c = report["baseline"], report["candidate"]
+    table = Table("metric", "baseline", "candidate", title=f"{b['source']} vs {c['source']}")
+
+    def num(v: object, digits: int = 3) -> str:
+        return f"{v:.{digits}f}" if isinstance(v, int | float) else "-"
+
+    table.add_row("requests", str(b["counts"]["total"]), str(c["counts"]["total"]))
+    table.add_row("ok", str(b["counts"]["ok"]), str(c["counts"]["ok"]))
+    for k in ("error", "expired", "missing"):
+        table.add_row(f"{k} rate", num(b["rates"][k]), num(c["rates"][k]))
+    for k in ("hit@1", "hit@5", "mrr"):
+        table.add_row(k, num(b["retrieval"].get(k)), num(c["retrieval"].get(k)))
+    for p in ("p50", "p90", "p99"):
+        table.add_row(
+            f"end_to_end_ms {p}",
+            num(b["latency_ms"].get("end_to_end_ms", {}).get(p), 1),
+            num(c["latency_ms"].get("end_to_end_ms", {}).get(p), 1),
+        )
+    table.add_row("answer similarity mean", "", num(report["compare"]["answer_similarity"].get("mean")))
+    table.add_row("chunk Jaccard mean", "", num(report["compare"]["chunk_jaccard"].get("mean")))
+    console.print(table)
+    for g in report["gates"]:
+        mark = "[green]pass[/]" if g["passed"] else "[red]FAIL[/]"
+        console.print(f"{mark} {g['gate']}: {g['reason']}", highlight=False)
+    console.print(f"wrote {html_path} and {json_path}")
+    if not report["passed"]:
         raise typer.Exit(code=1)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from workers.errors import MessageError, RequestTimeoutError
-from workers.kafka import base_config, check_broker, producer_config
+from workers.kafka import base_config, check_broker, consume_available, producer_config
 from workers.messages import GenerationParams, Request, Response
 from workers.serde import decode, encode
 from workers.settings import Settings
@@ -89,7 +89,7 @@ class RagClient:
     def _consume_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                msgs = self._consumer.consume(500, timeout=0.05)
+                msgs = consume_available(self._consumer, 500, 0.05)
             except (KafkaException, RuntimeError) as exc:
                 if self._stop.is_set():
                     return

@@ -403,7 +403,12 @@ class WorkerLoop:
         self.tracker = OffsetTracker()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._paused = False
+        self._paused = False  # what the loop wants (bound reached)
+        self._consumer_paused = False  # what the poll thread applied
+        #: Offsets to store, queued by delivery callbacks and applied by the poll thread: the consumer is only
+        #: ever called from that one thread (confluent-kafka 2.16 serializes calls on a handle, so a call from
+        #: another thread would wait for a running consume()).
+        self._to_store: collections.deque[TopicPartition] = collections.deque()
         self._fatal: BaseException | None = None
         self._poll_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{config.role}-poll")
         self._assigned: set[tuple[str, int]] = set()
@@ -438,6 +443,7 @@ class WorkerLoop:
                 "revoke: in-flight messages not finished within %.1f s; they will be redone by the new owner",
                 self.config.revoke_timeout_s,
             )
+        self._apply_stores(consumer)
         try:
             consumer.commit(asynchronous=False)
         except KafkaException as exc:
@@ -488,9 +494,7 @@ class WorkerLoop:
                 capacity = self.config.max_in_flight - self.tracker.in_flight()
                 self._set_paused(capacity <= 0)
                 n = max(1, min(capacity, self.config.batch_max * 4))
-                msgs = await loop.run_in_executor(
-                    self._poll_pool, self.consumer.consume, n if not self._paused else 1, self.config.poll_timeout_s
-                )
+                msgs = await loop.run_in_executor(self._poll_pool, self._poll, n)
                 if msgs:
                     self._dispatch(msgs)
                 elif self._tasks:
@@ -503,28 +507,46 @@ class WorkerLoop:
     # -- internals
 
     def _set_paused(self, pause: bool) -> None:
-        if pause == self._paused:
-            if pause:  # partitions assigned while paused must be paused too
-                self._pause_all()
-            return
-        self._paused = pause
-        self.metrics.paused.labels(self.config.role).set(1 if pause else 0)
-        if pause:
-            self._pause_all()
-            log.debug("paused role=%s in_flight=%d", self.config.role, self.tracker.in_flight())
-        else:
-            try:
-                self.consumer.resume(self.consumer.assignment())
-            except KafkaException as exc:
-                log.warning("resume failed: %s", exc)
+        if pause != self._paused:
+            self._paused = pause
+            self.metrics.paused.labels(self.config.role).set(1 if pause else 0)
+            log.debug("paused=%s role=%s in_flight=%d", pause, self.config.role, self.tracker.in_flight())
 
-    def _pause_all(self) -> None:
+    def _poll(self, n: int) -> list[Message]:
+        """One poll-thread step: store finished offsets, apply pause/resume, consume up to ``n`` messages.
+
+        While paused it still calls ``consume`` (which returns nothing for paused partitions), so the consumer
+        keeps its group membership however long the handler takes.
+        """
+        consumer = self.consumer
+        self._apply_stores(consumer)
         try:
-            assignment = self.consumer.assignment()
-            if assignment:
-                self.consumer.pause(assignment)
+            if self._paused:
+                assignment = consumer.assignment()  # paused again each time: covers newly assigned partitions
+                if assignment:
+                    consumer.pause(assignment)
+                self._consumer_paused = True
+            elif self._consumer_paused:
+                consumer.resume(consumer.assignment())
+                self._consumer_paused = False
         except KafkaException as exc:
-            log.warning("pause failed: %s", exc)
+            log.warning("pause/resume failed: %s", exc)
+        if self._paused:
+            return list(consumer.consume(1, self.config.poll_timeout_s))
+        return consume_available(consumer, n, self.config.poll_timeout_s)
+
+    def _apply_stores(self, consumer: Consumer) -> None:
+        """Store the queued offsets (highest per partition) on the consumer; call from the poll thread only."""
+        latest: dict[tuple[str, int], int] = {}
+        while self._to_store:
+            tp = self._to_store.popleft()
+            key = (tp.topic, tp.partition)
+            latest[key] = max(latest.get(key, -1), tp.offset)
+        for (topic, partition), offset in latest.items():
+            try:
+                consumer.store_offsets(offsets=[TopicPartition(topic, partition, offset)])
+            except KafkaException as exc:  # partition no longer assigned: its new owner redoes it
+                log.debug("store_offsets skipped topic=%s partition=%d: %s", topic, partition, exc)
 
     def _dispatch(self, msgs: list[Message]) -> None:
         batch: list[Incoming] = []
@@ -613,12 +635,8 @@ class WorkerLoop:
     def _finish(self, inc: Incoming) -> None:
         next_offset = self.tracker.finish(inc.topic, inc.partition, inc.offset)
         self.metrics.in_flight.labels(self.config.role).set(self.tracker.in_flight())
-        if next_offset is None:
-            return
-        try:
-            self.consumer.store_offsets(offsets=[TopicPartition(inc.topic, inc.partition, next_offset)])
-        except KafkaException as exc:  # partition no longer assigned: its new owner redoes it
-            log.debug("store_offsets skipped topic=%s partition=%d: %s", inc.topic, inc.partition, exc)
+        if next_offset is not None:
+            self._to_store.append(TopicPartition(inc.topic, inc.partition, next_offset))
 
     async def _shutdown(self) -> None:
         role = self.config.role
@@ -649,6 +667,7 @@ class WorkerLoop:
         log.info("worker stopped role=%s in %.2f s", role, time.monotonic() - t0)
 
     def _commit_and_close(self) -> None:
+        self._apply_stores(self.consumer)
         try:
             if self._fatal is None:
                 self.consumer.commit(asynchronous=False)
@@ -659,6 +678,22 @@ class WorkerLoop:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close failed: %s", exc)
+
+
+def consume_available(consumer: Consumer, n: int, timeout_s: float) -> list[Message]:
+    """Up to ``n`` messages without waiting for a full batch.
+
+    ``Consumer.consume(n, timeout)`` blocks until it has ``n`` messages *or* the timeout passed, which adds the
+    whole timeout to every message at low load. This takes what is already fetched (timeout 0); only when
+    nothing is there does it block for the first message, then drains what arrived with it.
+    """
+    msgs = consumer.consume(n, 0)
+    if msgs:
+        return list(msgs)
+    first = consumer.consume(1, timeout_s)
+    if not first or n == 1:
+        return list(first)
+    return list(first) + list(consumer.consume(n - 1, 0))
 
 
 def _fmt(partitions: list[TopicPartition]) -> str:

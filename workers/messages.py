@@ -26,7 +26,9 @@ def utcnow() -> datetime:
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown fields are ignored, so a reader keeps working while a newer writer adds optional fields during a
+    # rolling upgrade; a change that breaks readers bumps schema_version, which readers reject (dead letter).
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class GenerationParams(_Wire):
@@ -80,6 +82,32 @@ class ChatMessage(_Wire):
     content: str
 
 
+class Provenance(_Wire):
+    """What produced an answer, so runs can be compared (replay/evaluate): retrieval, prompt and LLM settings.
+
+    The retriever fills the retrieval and prompt part; the generator adds the LLM part.
+    """
+
+    embedding_model: str = ""
+    #: Revision of the embedding weights: first 12 hex of the sha256 of the weights file.
+    embedding_revision: str = ""
+    index_name: str = ""
+    #: Rows in the index when the retriever started (chunks).
+    index_rows: int = 0
+    top_k: int = 0
+    ef_search: int = 0
+    filters: dict[str, str | list[str]] = Field(default_factory=dict)
+    chunk_tokens: int = 0
+    template_id: str = ""
+    template_hash: str = ""
+    llm_model_id: str | None = None
+    llm_model_revision: str | None = None
+    llm_api: str | None = None
+    generation: GenerationParams | None = None
+    #: Replay run id (the ``replay_run`` header) when this request came from ``ragstream replay``.
+    run_id: str | None = None
+
+
 class Prompt(_Wire):
     """A request with its retrieved passages and the filled chat template; retriever → generator."""
 
@@ -97,6 +125,7 @@ class Prompt(_Wire):
     query_tokens: int = Field(0, ge=0, description="Tokens of the query in the embedding tokenizer.")
     query_truncated: bool = Field(False, description="Query was longer than the embedding model reads.")
     embedding_model: str = ""
+    provenance: Provenance = Field(default_factory=lambda: Provenance())
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
 
@@ -144,6 +173,7 @@ class Response(_Wire):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     attempts: int = Field(1, ge=0, description="LLM calls made for this answer (retries included).")
+    provenance: Provenance | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Response:
@@ -172,6 +202,24 @@ class DeadLetter(_Wire):
     attempts: int = 1
     first_failure_at: datetime = Field(default_factory=utcnow)
     last_failure_at: datetime = Field(default_factory=utcnow)
+
+
+def request_deadline(request: Request, headers: dict[str, str]) -> datetime | None:
+    """The request's deadline: its ``deadline`` field, else the ``deadline`` header (ISO 8601 with timezone).
+
+    A header that does not parse, or has no timezone, is ignored (the field is the contract; the header lets
+    a stage drop a late message before decoding it fully).
+    """
+    if request.deadline is not None:
+        return request.deadline
+    raw = headers.get("deadline")
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else None
 
 
 WIRE_MODELS: dict[str, type[BaseModel]] = {

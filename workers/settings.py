@@ -97,14 +97,30 @@ class LLMSettings(_Section):
     token: SecretStr | None = None
     #: "chat": Messages API (/v1/chat/completions); "text_generation": TGI's /generate.
     api: Literal["chat", "text_generation"] = "chat"
-    #: Bound on concurrent requests to the server from one generator replica.
-    max_in_flight: int = 16
+    #: Adapt the bound on requests in flight to the server (TTFT growth, 429s; see
+    #: ``workers/generator/concurrency.py``); False: keep exactly ``max_in_flight`` in flight at most.
+    adaptive: bool = True
+    #: Bound on concurrent requests to the server from one generator replica: the fixed bound, or the
+    #: ceiling of the adaptive one.
+    max_in_flight: int = 64
+    #: Adaptive bound: starting value and floor (requests in flight).
+    initial_in_flight: int = 16
+    min_in_flight: int = 1
     #: Seconds before one generation call is abandoned (InferenceTimeoutError).
     timeout_s: float = 120.0
     #: Attempts for retryable failures (overloaded, loading, timeout), first try included.
     max_attempts: int = 4
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
+
+
+class GeneratorSettings(_Section):
+    """Generator-side behaviour beyond the LLM client."""
+
+    #: Look finished answers up by request id before calling the LLM, so a redelivered prompt is re-emitted,
+    #: not generated again (PostgreSQL table, see workers/generator/answers.py).
+    answer_store: bool = True
+    answer_table: str = "rag_answers"
 
 
 class MonitorSettings(_Section):
@@ -135,6 +151,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     retriever: RetrieverSettings = RetrieverSettings()
     llm: LLMSettings = LLMSettings()
+    generator: GeneratorSettings = GeneratorSettings()
     monitor: MonitorSettings = MonitorSettings()
 
 

@@ -13,13 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from confluent_kafka import Consumer, Producer
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from psycopg_pool import AsyncConnectionPool
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from workers.errors import MessageError, PermanentError
+from workers.db import describe_url
+from workers.errors import MessageError, PermanentError, RetryableError, ServiceUnavailableError
+from workers.generator.answers import AnswerStore, PgAnswerStore
 from workers.generator.llm import Generation, LLMClient, LLMRetryableError, check_hub_online
 from workers.kafka import (
     Incoming,
@@ -33,11 +38,12 @@ from workers.kafka import (
     output_headers,
     producer_config,
 )
-from workers.messages import ErrorInfo, Prompt, Response, ResponseStatus, Source, Usage
+from workers.messages import ErrorInfo, Prompt, Response, ResponseStatus, Source, Usage, request_deadline
 from workers.serde import decode, encode
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STAGE = "generator"
 
@@ -59,6 +65,11 @@ class GeneratorMetrics:
         self.errors = Counter(
             f"{prefix}_llm_errors", "Failed requests by error class", ["error_class"], registry=registry
         )
+        self.reemitted = Counter(
+            f"{prefix}_answers_reemitted", "Redelivered prompts answered from the answer store", registry=registry
+        )
+        self.expired = Counter(f"{prefix}_expired", "Prompts past their deadline, not generated", registry=registry)
+        self.store_errors = Counter(f"{prefix}_answer_store_errors", "Answer store unavailable", registry=registry)
 
 
 class GeneratorService:
@@ -68,12 +79,16 @@ class GeneratorService:
         settings: topic names and LLM settings.
         llm: the LLM client adapter.
         metrics: generator metrics.
+        answers: finished answers by request id (effectively-once); ``None`` disables the lookup.
     """
 
-    def __init__(self, settings: Settings, llm: LLMClient, metrics: GeneratorMetrics) -> None:
+    def __init__(
+        self, settings: Settings, llm: LLMClient, metrics: GeneratorMetrics, answers: AnswerStore | None = None
+    ) -> None:
         self.settings = settings
         self.llm = llm
         self.metrics = metrics
+        self.answers = answers
         self.responses_topic = settings.topics.name("responses")
         self.dead_letter_topic = settings.topics.name("dead_letter")
 
@@ -88,13 +103,19 @@ class GeneratorService:
         except MessageError as exc:
             self.metrics.errors.labels(exc.error_class).inc()
             return [dead_letter(inc, topic=self.dead_letter_topic, stage=STAGE, error=exc)]
+        finished = await self._lookup(prompt)
+        if finished is not None:  # redelivered after its answer was produced: re-emit, no LLM call
+            self.metrics.reemitted.inc()
+            log.info("re-emitting the stored answer request_id=%s status=%s", prompt.request_id, finished.status)
+            return self._outputs(inc, prompt, finished)
         now = datetime.now(UTC)
         timings = dict(prompt.timings_ms)
         timings["generator_queue_ms"] = max(0.0, (now - prompt.created_at).total_seconds() * 1000.0)
-        deadline = prompt.request.deadline
+        deadline = request_deadline(prompt.request, inc.headers)
+        extra: list[Output] = []
         if deadline is not None and now > deadline:
-            return self._answer(
-                inc,
+            self.metrics.expired.inc()
+            resp = self._response(
                 prompt,
                 status="expired",
                 timings=timings,
@@ -104,45 +125,65 @@ class GeneratorService:
                     stage=STAGE,
                 ),
             )
-        try:
-            gen = await self.llm.generate(
-                list(prompt.messages),
-                prompt.request.generation.model_copy(update={"max_new_tokens": prompt.max_new_tokens}),
-            )
-        except LLMRetryableError as exc:
-            self.metrics.errors.labels(exc.error_class).inc()
-            return self._answer(
-                inc,
-                prompt,
-                status="model_unavailable",
-                timings=timings,
-                error=ErrorInfo(error_class=exc.error_class, message=str(exc)[:2000], stage=STAGE),
-                attempts=self.settings.llm.max_attempts,
-            )
-        except PermanentError as exc:
-            self.metrics.errors.labels(exc.error_class).inc()
-            outs = self._answer(
-                inc,
-                prompt,
-                status="error",
-                timings=timings,
-                error=ErrorInfo(error_class=exc.error_class, message=str(exc)[:2000], stage=STAGE),
-            )
-            outs.append(
-                dead_letter(inc, topic=self.dead_letter_topic, stage=STAGE, error=exc, request_id=prompt.request_id)
-            )
-            return outs
-        self.metrics.ttft.observe(gen.ttft_ms / 1000.0)
-        self.metrics.total.observe(gen.total_ms / 1000.0)
-        self.metrics.tokens.inc(gen.completion_tokens)
-        timings["llm_ttft_ms"] = gen.ttft_ms
-        timings["llm_total_ms"] = gen.total_ms
-        timings["generator_ms"] = (time.perf_counter() - t_recv) * 1000.0
-        return self._answer(inc, prompt, status="ok", timings=timings, generation=gen)
+        else:
+            try:
+                gen = await self.llm.generate(
+                    list(prompt.messages),
+                    prompt.request.generation.model_copy(update={"max_new_tokens": prompt.max_new_tokens}),
+                )
+            except LLMRetryableError as exc:
+                self.metrics.errors.labels(exc.error_class).inc()
+                resp = self._response(
+                    prompt,
+                    status="model_unavailable",
+                    timings=timings,
+                    error=ErrorInfo(error_class=exc.error_class, message=str(exc)[:2000], stage=STAGE),
+                    attempts=self.settings.llm.max_attempts,
+                )
+            except PermanentError as exc:
+                self.metrics.errors.labels(exc.error_class).inc()
+                resp = self._response(
+                    prompt,
+                    status="error",
+                    timings=timings,
+                    error=ErrorInfo(error_class=exc.error_class, message=str(exc)[:2000], stage=STAGE),
+                )
+                extra.append(
+                    dead_letter(inc, topic=self.dead_letter_topic, stage=STAGE, error=exc, request_id=prompt.request_id)
+                )
+            else:
+                self.metrics.ttft.observe(gen.ttft_ms / 1000.0)
+                self.metrics.total.observe(gen.total_ms / 1000.0)
+                self.metrics.tokens.inc(gen.completion_tokens)
+                timings["llm_ttft_ms"] = gen.ttft_ms
+                timings["llm_total_ms"] = gen.total_ms
+                timings["generator_ms"] = (time.perf_counter() - t_recv) * 1000.0
+                resp = self._response(prompt, status="ok", timings=timings, generation=gen)
+        await self._remember(resp)
+        self.metrics.outcomes.labels(resp.status).inc()
+        return self._outputs(inc, prompt, resp) + extra
 
-    def _answer(
+    async def _lookup(self, prompt: Prompt) -> Response | None:
+        if self.answers is None:
+            return None
+        try:
+            return await _with_db_retries(lambda: self.answers.get(prompt.request_id))  # type: ignore[union-attr]
+        except RetryableError as exc:  # store away: generate anyway (at-least-once), never block forever
+            self.metrics.store_errors.inc()
+            log.warning("answer store unavailable, generating without the lookup: %s", exc)
+            return None
+
+    async def _remember(self, resp: Response) -> None:
+        if self.answers is None:
+            return
+        try:
+            await _with_db_retries(lambda: self.answers.put(resp))  # type: ignore[union-attr]
+        except RetryableError as exc:
+            self.metrics.store_errors.inc()
+            log.warning("answer store unavailable, answer not remembered request_id=%s: %s", resp.request_id, exc)
+
+    def _response(
         self,
-        inc: Incoming,
         prompt: Prompt,
         *,
         status: ResponseStatus,
@@ -150,8 +191,8 @@ class GeneratorService:
         generation: Generation | None = None,
         error: ErrorInfo | None = None,
         attempts: int = 1,
-    ) -> list[Output]:
-        info = self.llm._info
+    ) -> Response:
+        info = self.llm.server_info
         now = datetime.now(UTC)
         timings["end_to_end_ms"] = max(0.0, (now - prompt.request.created_at).total_seconds() * 1000.0)
         usage = Usage()
@@ -162,7 +203,7 @@ class GeneratorService:
                 completion_tokens=generation.completion_tokens,
                 total_tokens=p + generation.completion_tokens,
             )
-        resp = Response(
+        return Response(
             request_id=prompt.request_id,
             created_at=now,
             status=status,
@@ -176,8 +217,19 @@ class GeneratorService:
             timings_ms=timings,
             error=error,
             attempts=generation.attempts if generation is not None else attempts,
+            provenance=prompt.provenance.model_copy(
+                update={
+                    "llm_model_id": info.model_id if info else None,
+                    "llm_model_revision": info.model_sha if info else None,
+                    "llm_api": self.settings.llm.api,
+                    "generation": prompt.request.generation.model_copy(
+                        update={"max_new_tokens": prompt.max_new_tokens}
+                    ),
+                }
+            ),
         )
-        self.metrics.outcomes.labels(status).inc()
+
+    def _outputs(self, inc: Incoming, prompt: Prompt, resp: Response) -> list[Output]:
         value = encode(resp)
         headers = output_headers(inc, request_id=str(prompt.request_id))
         key = inc.key or str(prompt.request_id)
@@ -186,6 +238,20 @@ class GeneratorService:
         if reply and reply != self.responses_topic:
             outs.append(Output(topic=reply, value=value, key=key, headers=headers))
         return outs
+
+
+async def _with_db_retries(call: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
+    """Retry a store call on :class:`RetryableError` with jittered backoff (0.2 s doubling, ~6 s in all)."""
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_random_exponential(multiplier=0.2, max=2.0),
+        retry=retry_if_exception_type(RetryableError),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def serve(settings: Settings) -> None:
@@ -205,7 +271,14 @@ async def serve(settings: Settings) -> None:
     )
     if settings.worker.metrics_port:
         start_http_server(settings.worker.metrics_port, registry=registry)
-    service = GeneratorService(settings, llm, metrics)
+    answers: AnswerStore | None = None
+    pool: AsyncConnectionPool | None = None
+    if settings.generator.answer_store:
+        pool = await open_async_pool(settings.database_url.get_secret_value())
+        store = PgAnswerStore(pool, settings.generator.answer_table)
+        await store.ensure_schema()
+        answers = store
+    service = GeneratorService(settings, llm, metrics, answers)
     group = settings.worker.group_id or settings.topics.prefix + "generator"
     consumer = Consumer(consumer_config(settings.kafka, group))
     producer = Producer(producer_config(settings.kafka))
@@ -224,4 +297,26 @@ async def serve(settings: Settings) -> None:
         build_loop_metrics(registry, role=STAGE),
     )
     loop.install_signal_handlers()
-    await loop.run()
+    try:
+        await loop.run()
+    finally:
+        if pool is not None:
+            await pool.close(timeout=2.0)
+
+
+async def open_async_pool(url: str, max_size: int = 4, timeout_s: float = 10.0) -> AsyncConnectionPool:
+    """Open an async psycopg pool, failing fast with a one-line error.
+
+    Raises:
+        ServiceUnavailableError: no connection within ``timeout_s`` seconds (the password is not shown).
+    """
+    pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=timeout_s)
+    try:
+        await pool.open(wait=True, timeout=timeout_s)
+    except Exception as exc:
+        await pool.close()
+        raise ServiceUnavailableError(
+            f"cannot connect to PostgreSQL for the answer store at {describe_url(url)} "
+            f"(set RAG_DATABASE_URL, or RAG_GENERATOR__ANSWER_STORE=false): {str(exc).splitlines()[0]}"
+        ) from None
+    return pool

@@ -35,6 +35,7 @@ from huggingface_hub.errors import (
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from workers.errors import ConfigError, GenerationError, PermanentError, RetryableError
+from workers.generator.concurrency import AdaptiveLimiter, ConcurrencyLimiter, FixedLimiter
 from workers.messages import ChatMessage, GenerationParams
 from workers.settings import LLMSettings
 
@@ -168,6 +169,16 @@ def classify(exc: BaseException) -> GenerationError:
     return LLMStreamError(f"unexpected LLM client error: {type(exc).__name__}: {exc}")
 
 
+def build_limiter(settings: LLMSettings) -> ConcurrencyLimiter:
+    """The bound on calls in flight that ``settings`` ask for: adaptive within
+    ``[min_in_flight, max_in_flight]`` starting at ``initial_in_flight``, or fixed at ``max_in_flight``."""
+    if settings.adaptive:
+        return AdaptiveLimiter(
+            initial=settings.initial_in_flight, min_limit=settings.min_in_flight, max_limit=settings.max_in_flight
+        )
+    return FixedLimiter(settings.max_in_flight)
+
+
 class LLMClient:
     """Generates answers through ``AsyncInferenceClient`` with bounded concurrency and bounded retries.
 
@@ -175,6 +186,7 @@ class LLMClient:
         settings: URL, API flavour, timeout, bound on requests in flight, retry policy.
         client: an ``AsyncInferenceClient``; built from ``settings`` if omitted.
         on_retry: called with the error class each time a retryable failure is retried (metrics hook).
+        limiter: bound on calls in flight; default :func:`build_limiter` of ``settings``.
     """
 
     def __init__(
@@ -182,13 +194,19 @@ class LLMClient:
         settings: LLMSettings,
         client: AsyncInferenceClient | None = None,
         on_retry: Callable[[str], None] | None = None,
+        limiter: ConcurrencyLimiter | None = None,
     ) -> None:
         self.settings = settings
         token = settings.token.get_secret_value() if settings.token is not None else None
         self.client = client or AsyncInferenceClient(base_url=settings.url, token=token, timeout=settings.timeout_s)
-        self._sem = asyncio.Semaphore(settings.max_in_flight)
+        self.limiter: ConcurrencyLimiter = limiter or build_limiter(settings)
         self._on_retry = on_retry
         self._info: ServerInfo | None = None
+
+    @property
+    def server_info(self) -> ServerInfo | None:
+        """The cached ``/info`` (``None`` until :meth:`info` succeeded once)."""
+        return self._info
 
     async def info(self) -> ServerInfo:
         """Read and cache ``GET /info``.
@@ -247,13 +265,18 @@ class LLMClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(self, messages: list[ChatMessage], params: GenerationParams) -> Generation:
-        async with self._sem:
+        async with self.limiter.slot() as ticket:
             t0 = time.perf_counter()
             try:
                 call = self._chat if self.settings.api == "chat" else self._text_generation
-                return await asyncio.wait_for(call(messages, params, t0), timeout=self.settings.timeout_s)
+                gen = await asyncio.wait_for(call(messages, params, t0), timeout=self.settings.timeout_s)
             except Exception as exc:  # translated, never leaked
-                raise classify(exc) from exc
+                err = classify(exc)
+                if isinstance(err, LLMOverloadedError):
+                    ticket.overloaded()
+                raise err from exc
+            ticket.ok(gen.ttft_ms / 1000.0)
+            return gen
 
     async def _chat(self, messages: list[ChatMessage], params: GenerationParams, t0: float) -> Generation:
         stream = await self.client.chat_completion(

@@ -32,7 +32,7 @@ from workers.kafka import (
     output_headers,
     producer_config,
 )
-from workers.messages import ErrorInfo, Passage, Prompt, Request, Response, ResponseStatus
+from workers.messages import ErrorInfo, Passage, Prompt, Provenance, Request, Response, ResponseStatus
 from workers.retriever.embedding import Embedder
 from workers.retriever.prompt import build_prompt, get_template
 from workers.retriever.store import Hit, VectorStore, open_pool
@@ -97,6 +97,7 @@ class RetrieverService:
         self.limits = limits
         self.metrics = metrics
         self.template = get_template(settings.retriever.template)
+        self.index_rows = store.count()
         self.prompts_topic = settings.topics.name("prompts")
         self.responses_topic = settings.topics.name("responses")
         self.dead_letter_topic = settings.topics.name("dead_letter")
@@ -191,6 +192,20 @@ class RetrieverService:
                 query_tokens=int(emb.token_counts[j]),
                 query_truncated=truncated,
                 embedding_model=self.embedder.model_name,
+                provenance=Provenance(
+                    embedding_model=self.embedder.model_name,
+                    embedding_revision=self.embedder.revision,
+                    index_name=self.settings.retriever.table,
+                    index_rows=self.index_rows,
+                    top_k=req.top_k or self.settings.retriever.top_k,
+                    ef_search=max(self.settings.retriever.ef_search, req.top_k or self.settings.retriever.top_k),
+                    filters=dict(req.filters),
+                    chunk_tokens=self.settings.embedding.chunk_tokens,
+                    template_id=self.template.template_id,
+                    template_hash=self.template.template_hash,
+                    generation=req.generation,
+                    run_id=inc.headers.get("replay_run") or None,
+                ),
                 timings_ms={
                     "retriever_queue_ms": max(0.0, (now - req.created_at).total_seconds() * 1000.0),
                     "embed_ms": t_embed,

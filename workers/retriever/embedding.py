@@ -84,6 +84,8 @@ class Embedder:
             raise ConfigError(f"embedding model {self.model_name} has no fast tokenizer to count tokens with")
         #: Private tokenizer copy (thread-safe) for counting and chunking; special tokens counted.
         self.tokenizer = LocalTokenizerCounter.from_tokenizer(backend)
+        #: Revision of the weights (first 12 hex of sha256 of the weights file; "" when unknown).
+        self.revision: str = ""
 
     @classmethod
     def from_path(cls, path: str | Path, *, device: str = "cpu", model_name: str | None = None) -> Embedder:
@@ -99,6 +101,7 @@ class Embedder:
         except Exception as exc:  # OSError, ValueError, RuntimeError: all "cannot load this model"
             raise ConfigError(f"cannot load embedding model from {path}: {str(exc).splitlines()[0]}") from exc
         embedder = cls(model, model_name=model_name or _name_of(path))
+        embedder.revision = weights_revision(Path(path))
         logger.info(
             "embedding model loaded name=%s dim=%d max_seq_length=%d device=%s",
             embedder.model_name,
@@ -167,6 +170,22 @@ class Embedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def weights_revision(folder: Path) -> str:
+    """First 12 hex of the sha256 of the model's weights file (``model.safetensors`` or
+    ``pytorch_model.bin``) in ``folder``; "" when the folder has neither (e.g. a hub id)."""
+    import hashlib
+
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = folder / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            return digest.hexdigest()[:12]
+    return ""
 
 
 def _name_of(path: str | Path) -> str:

@@ -34,6 +34,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from workers.db import describe_url
 from workers.errors import (
     ConfigError,
     DimensionMismatchError,
@@ -96,15 +97,7 @@ class Hit:
     score: float
 
 
-def _describe(url: str) -> str:
-    """``host:port/dbname`` of a libpq URL/DSN, without user or password."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "<unparsable database url>"
-    host = info.get("host") or "localhost"
-    port = info.get("port") or "5432"
-    return f"{host}:{port}/{info.get('dbname') or ''}"
+_describe = describe_url
 
 
 def open_pool(url: str, min_size: int = 1, max_size: int = 4, *, timeout_s: float = 10.0) -> ConnectionPool:
