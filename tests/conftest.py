@@ -180,3 +180,79 @@ def make_topics(stack: Stack | ExternalStack) -> Iterator[Callable[..., list[str
                 fut.result(timeout=30)
             except KafkaException:
                 pass
+
+
+@dataclass
+class SimulatedLLM:
+    """A TGI-compatible server with the simulated engine (devstack/tgi/simulated_engine.py) for fault tests."""
+
+    url: str
+    proc: Any
+
+    def reset(self, **config: Any) -> None:
+        """Clear the fault schedule and stats; set engine config (ttft_ms, per_token_ms, capacity, ...)."""
+        import httpx
+
+        with httpx.Client(base_url=self.url, timeout=10) as c:
+            c.delete("/admin/faults").raise_for_status()
+            c.delete("/admin/stats").raise_for_status()
+            base = {"ttft_ms": 20, "per_token_ms": 2, "capacity": 16, "max_concurrent_requests": 128}
+            c.post("/admin/config", json={**base, **config}).raise_for_status()
+
+    def faults(self, rules: list[dict[str, Any]]) -> None:
+        """Replace the fault schedule (see the simulated engine's docstring for the rule format)."""
+        import httpx
+
+        httpx.post(self.url + "/admin/faults", json=rules, timeout=10).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's counters (requests_seen, completed, failed, faults by kind, ...)."""
+        import httpx
+
+        return dict(httpx.get(self.url + "/admin/stats", timeout=10).json())
+
+
+@pytest.fixture(scope="session")
+def sim_llm_server() -> Iterator[SimulatedLLM]:
+    """One simulated LLM server process per session on a free port (no model, filler tokens)."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devstack.tgi", "--engine", "simulated", "--port", str(port),
+         "--max-input-tokens", "3072", "--max-total-tokens", "4096", "--log-level", "warning"],
+        cwd=REPO_ROOT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"simulated LLM server did not start (exit status {proc.poll()})")
+            time.sleep(0.1)
+        yield SimulatedLLM(url, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def sim_llm(sim_llm_server: SimulatedLLM) -> SimulatedLLM:
+    """The session's simulated LLM server, reset (no faults, fast default timing) for this test."""
+    sim_llm_server.reset()
+    return sim_llm_server

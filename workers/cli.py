@@ -14,7 +14,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -22,6 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from workers.errors import RagError
+
+if TYPE_CHECKING:
+    from workers.dlq import DlqFilter
 from workers.logs import configure_logging
 from workers.settings import Settings, load_settings
 
@@ -454,6 +457,85 @@ def evaluate(
     console.print(f"wrote {html_path} and {json_path}")
     if not report["passed"]:
         raise typer.Exit(code=1)
+
+
+dlq_app = typer.Typer(help="Inspect the dead-letter topic and send chosen messages back.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+def _dlq_filter(
+    stage: str | None, error_class: str | None, source_topic: str | None, positions: str | None
+) -> DlqFilter:
+    from workers.dlq import DlqFilter, parse_positions
+
+    return DlqFilter(
+        stage=stage,
+        error_class=error_class,
+        source_topic=source_topic,
+        positions=parse_positions(positions) if positions else frozenset(),
+    )
+
+
+@dlq_app.command("list")
+def dlq_list(
+    stage: Annotated[str | None, typer.Option(help="Only this stage (retriever, generator, monitor).")] = None,
+    error_class: Annotated[str | None, typer.Option(help="Only this error class (e.g. bad_message).")] = None,
+    source_topic: Annotated[str | None, typer.Option(help="Only dead letters from this topic.")] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many (newest last).")] = 100,
+) -> None:
+    """List dead letters: position, source topic/partition/offset, stage, error class and message."""
+    from workers.dlq import DeadLetterRecord, read_dead_letters
+
+    s = _settings()
+    select = _dlq_filter(stage, error_class, source_topic, None)
+    table = Table("dlq pos", "source", "stage", "error_class", "attempts", "request_id", "error")
+    shown = total = 0
+    for rec in read_dead_letters(s):
+        if not isinstance(rec, DeadLetterRecord):
+            p, o, reason = rec
+            table.add_row(f"{p}:{o}", "?", "?", "not_a_dead_letter", "", "", reason[:80])
+            continue
+        if not select(rec):
+            continue
+        total += 1
+        if shown < limit:
+            d = rec.letter
+            table.add_row(
+                f"{rec.partition}:{rec.offset}",
+                f"{d.source_topic}[{d.partition}]@{d.offset}",
+                d.stage,
+                d.error_class,
+                str(d.attempts),
+                str(d.request_id or ""),
+                d.error_message[:80],
+            )
+            shown += 1
+    console.print(table)
+    console.print(f"{total} dead letters matched, {shown} shown (topic {s.topics.name('dead_letter')})")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    positions: Annotated[
+        str | None, typer.Option(help="Dead letters to send back, as PARTITION:OFFSET list, e.g. 0:12,1:3.")
+    ] = None,
+    stage: Annotated[str | None, typer.Option(help="Only this stage.")] = None,
+    error_class: Annotated[str | None, typer.Option(help="Only this error class.")] = None,
+    source_topic: Annotated[str | None, typer.Option(help="Only dead letters from this topic.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be sent; send nothing.")] = False,
+) -> None:
+    """Send chosen dead letters' original messages back to their source topics (raw bytes, key, headers)."""
+    from workers.dlq import replay_dead_letters
+
+    if not any((positions, stage, error_class, source_topic)):
+        raise typer.BadParameter("choose what to replay: --positions, --stage, --error-class or --source-topic")
+    s = _settings()
+    report = replay_dead_letters(s, _dlq_filter(stage, error_class, source_topic, positions), dry_run=dry_run)
+    for topic, n in sorted(report.by_topic.items()):
+        console.print(f"{'would send' if dry_run else 'sent'} {n} to {topic}")
+    console.print(f"selected={report.selected} delivered={report.delivered} failed={report.failed}")
+    if report.failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import asyncio
 import base64
 import collections
 import logging
+import random
 import signal
 import threading
 import time
@@ -51,7 +52,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from workers.errors import RagError, ServiceUnavailableError
+from workers.errors import PromptTooLargeError, RagError, RetryableError, ServiceUnavailableError
 from workers.messages import DeadLetter
 from workers.serde import encode, headers_to_dict
 from workers.settings import KafkaSettings
@@ -59,6 +60,10 @@ from workers.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 _RDKAFKA_LOG = logging.getLogger("librdkafka")
+
+#: Raw bytes of a failed message kept in its dead letter (1 MiB; base64 makes it ~1.4 MB, within the producer's
+#: 4 MiB). A longer value is cut there and flagged ``value_truncated`` (it cannot be replayed from the DLQ).
+DEAD_LETTER_MAX_VALUE_BYTES = 1 << 20
 
 #: Header names carried from input to output (DESIGN.md §4).
 PROPAGATED_HEADERS = ("request_id", "traceparent", "deadline")
@@ -210,13 +215,16 @@ def dead_letter(
         except ValueError:
             rid = None
     error_class = error.error_class if isinstance(error, RagError) else type(error).__name__
+    raw = incoming.value or b""
     dl = DeadLetter(
         request_id=rid,
         source_topic=incoming.topic,
         partition=incoming.partition,
         offset=incoming.offset,
         key=base64.b64encode(incoming.key).decode("ascii") if incoming.key is not None else None,
-        value_b64=base64.b64encode(incoming.value or b"").decode("ascii"),
+        value_b64=base64.b64encode(raw[:DEAD_LETTER_MAX_VALUE_BYTES]).decode("ascii"),
+        value_bytes=len(raw),
+        value_truncated=len(raw) > DEAD_LETTER_MAX_VALUE_BYTES,
         headers=incoming.headers,
         error_class=error_class,
         error_message=str(error)[:2000] or type(error).__name__,
@@ -368,6 +376,10 @@ class LoopConfig:
     shutdown_timeout_s: float = 30.0
     revoke_timeout_s: float = 10.0
     poll_timeout_s: float = 0.05
+    #: Handler calls for a batch that fails with a RetryableError (first call included) before giving up.
+    retry_attempts: int = 8
+    #: Upper bound of one backoff sleep between those calls (s); 8 attempts wait about 30 s in all.
+    retry_max_s: float = 8.0
 
 
 class FatalWorkerError(RagError):
@@ -572,18 +584,48 @@ class WorkerLoop:
         role = self.config.role
         self.metrics.batch_size.labels(role).observe(len(batch))
         t0 = time.perf_counter()
-        try:
-            results = list(await self.handler(batch))
-            if len(results) != len(batch):
-                raise RuntimeError(f"handler returned {len(results)} output lists for {len(batch)} inputs")
-        except Exception as exc:  # the handler failed for the whole batch: dead-letter each input
-            error_class = exc.error_class if isinstance(exc, RagError) else type(exc).__name__
-            self.metrics.handler_errors.labels(role, error_class).inc()
-            log.exception("handler failed role=%s batch=%d; dead-lettering the inputs", role, len(batch))
-            results = [[dead_letter(inc, topic=self.config.dead_letter_topic, stage=role, error=exc)] for inc in batch]
+        results = await self._handle_isolated(batch)
         self.metrics.handle_seconds.labels(role).observe(time.perf_counter() - t0)
         for inc, outputs in zip(batch, results, strict=True):
             await self._produce_for(inc, list(outputs))
+
+    async def _handle_isolated(self, batch: list[Incoming]) -> list[list[Output]]:
+        """Call the handler; on failure retry a retryable error (bounded, with backoff, the inputs stay in
+        flight so the partitions pause), then split the batch so one bad input cannot take the others with it;
+        an input that still fails alone is dead-lettered with the reason."""
+        role = self.config.role
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                results = [list(outs) for outs in await self.handler(batch)]
+                if len(results) != len(batch):
+                    raise RuntimeError(f"handler returned {len(results)} output lists for {len(batch)} inputs")
+                return results
+            except Exception as exc:
+                error_class = exc.error_class if isinstance(exc, RagError) else type(exc).__name__
+                self.metrics.handler_errors.labels(role, error_class).inc()
+                if (
+                    isinstance(exc, RetryableError)
+                    and attempts < self.config.retry_attempts
+                    and not self._stop.is_set()
+                ):
+                    delay = min(self.config.retry_max_s, 0.25 * 2 ** (attempts - 1)) * (0.5 + random.random() / 2)
+                    log.warning("handler failed role=%s batch=%d attempt=%d, retrying in %.1f s: %s",
+                                role, len(batch), attempts, delay, exc)  # fmt: skip
+                    await asyncio.sleep(delay)
+                    continue
+                if len(batch) > 1:
+                    log.warning("handler failed role=%s batch=%d: %s; handling the inputs one by one",
+                                role, len(batch), exc)  # fmt: skip
+                    out: list[list[Output]] = []
+                    for inc in batch:
+                        out.extend(await self._handle_isolated([inc]))
+                    return out
+                log.exception("handler failed role=%s offset=%s/%d/%d; dead-lettering it",
+                              role, batch[0].topic, batch[0].partition, batch[0].offset)  # fmt: skip
+                return [[dead_letter(batch[0], topic=self.config.dead_letter_topic, stage=role, error=exc,
+                                     attempts=attempts)]]  # fmt: skip
 
     async def _produce_for(self, inc: Incoming, outputs: list[Output]) -> None:
         if not outputs:
@@ -613,9 +655,11 @@ class WorkerLoop:
                 self._finish(inc)
 
         for out in outputs:
-            await self._produce(out, on_delivery)
+            await self._produce(out, on_delivery, inc)
 
-    async def _produce(self, out: Output, on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
+    async def _produce(
+        self, out: Output, on_delivery: Callable[[KafkaError | None, Message], None], inc: Incoming | None = None
+    ) -> None:
         deadline = time.monotonic() + 60.0
         while True:
             try:
@@ -631,6 +675,14 @@ class WorkerLoop:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.01)
+            except KafkaException as exc:  # refused locally (e.g. larger than message.max.bytes)
+                if inc is None or out.topic == self.config.dead_letter_topic:
+                    raise
+                log.error("output refused by the producer topic=%s bytes=%d: %s; dead-lettering the input",
+                          out.topic, len(out.value), exc)  # fmt: skip
+                err = PromptTooLargeError(f"output to {out.topic} of {len(out.value)} bytes refused: {exc}")
+                out = dead_letter(inc, topic=self.config.dead_letter_topic, stage=self.config.role, error=err)
+                inc = None
 
     def _finish(self, inc: Incoming) -> None:
         next_offset = self.tracker.finish(inc.topic, inc.partition, inc.offset)

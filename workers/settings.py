@@ -73,6 +73,9 @@ class EmbeddingSettings(_Section):
     #: Chunk size for ingestion in tokens of the model's tokenizer (all-MiniLM-L6-v2 reads at most 256).
     chunk_tokens: int = 256
     chunk_overlap_tokens: int = 32
+    #: CPU threads torch uses for one forward pass (0 = torch's default, one per core). On a box shared with
+    #: other workers, fewer threads avoid oversubscription.
+    torch_threads: int = 0
 
 
 class RetrieverSettings(_Section):

@@ -106,6 +106,7 @@ def test_generator_answers_each_prompt_once_and_dead_letters_bad_ones(
         dls = await asyncio.to_thread(_drain, stack.bootstrap_servers, topics.name("dead_letter"), 2)
         loop.request_stop()
         await asyncio.wait_for(task, 30)
+        await llm.close()
 
         responses = [decode(v, Response) for v in got]
         assert sorted(r.request_id for r in responses) == sorted(pr.request_id for pr in prompts)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -89,6 +90,9 @@ class GeneratorService:
         self.llm = llm
         self.metrics = metrics
         self.answers = answers
+        #: Request ids being answered by this replica now: a duplicate arriving meanwhile (same prompt twice in
+        #: the topic) waits for the first one's Response instead of calling the LLM a second time.
+        self._in_progress: dict[uuid.UUID, asyncio.Future[Response]] = {}
         self.responses_topic = settings.topics.name("responses")
         self.dead_letter_topic = settings.topics.name("dead_letter")
 
@@ -103,11 +107,33 @@ class GeneratorService:
         except MessageError as exc:
             self.metrics.errors.labels(exc.error_class).inc()
             return [dead_letter(inc, topic=self.dead_letter_topic, stage=STAGE, error=exc)]
-        finished = await self._lookup(prompt)
-        if finished is not None:  # redelivered after its answer was produced: re-emit, no LLM call
+        running = self._in_progress.get(prompt.request_id)
+        if running is not None:  # the same prompt is being answered here right now: wait for that answer
+            finished = await asyncio.shield(running)
             self.metrics.reemitted.inc()
-            log.info("re-emitting the stored answer request_id=%s status=%s", prompt.request_id, finished.status)
             return self._outputs(inc, prompt, finished)
+        # registered before the first await, so a duplicate that arrives meanwhile finds it
+        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._in_progress[prompt.request_id] = fut
+        try:
+            stored = await self._lookup(prompt)
+            if stored is not None:  # redelivered after its answer was produced: re-emit, no LLM call
+                self.metrics.reemitted.inc()
+                log.info("re-emitting the stored answer request_id=%s status=%s", prompt.request_id, stored.status)
+                fut.set_result(stored)
+                return self._outputs(inc, prompt, stored)
+            resp, extra = await self._answer(inc, prompt, t_recv)
+            fut.set_result(resp)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: a waiter re-raises it, nobody logs "never retrieved"
+            raise
+        finally:
+            self._in_progress.pop(prompt.request_id, None)
+        return self._outputs(inc, prompt, resp) + extra
+
+    async def _answer(self, inc: Incoming, prompt: Prompt, t_recv: float) -> tuple[Response, list[Output]]:
+        """Generate (or expire) the answer of a prompt not answered before; store it; count it."""
         now = datetime.now(UTC)
         timings = dict(prompt.timings_ms)
         timings["generator_queue_ms"] = max(0.0, (now - prompt.created_at).total_seconds() * 1000.0)
@@ -161,7 +187,7 @@ class GeneratorService:
                 resp = self._response(prompt, status="ok", timings=timings, generation=gen)
         await self._remember(resp)
         self.metrics.outcomes.labels(resp.status).inc()
-        return self._outputs(inc, prompt, resp) + extra
+        return resp, extra
 
     async def _lookup(self, prompt: Prompt) -> Response | None:
         if self.answers is None:
@@ -264,7 +290,7 @@ async def serve(settings: Settings) -> None:
     check_hub_online()
     registry = CollectorRegistry()
     metrics = GeneratorMetrics(registry)
-    llm = LLMClient(settings.llm, on_retry=lambda err: metrics.retries.labels(err).inc())
+    llm = build_llm(settings, metrics)
     info = await llm.info()
     log.info(
         "LLM server model_id=%s max_total_tokens=%s api=%s", info.model_id, info.max_total_tokens, settings.llm.api
@@ -300,8 +326,14 @@ async def serve(settings: Settings) -> None:
     try:
         await loop.run()
     finally:
+        await llm.close()
         if pool is not None:
             await pool.close(timeout=2.0)
+
+
+def build_llm(settings: Settings, metrics: GeneratorMetrics) -> LLMClient:
+    """The LLM client of a generator, with retries counted in ``metrics.retries`` by error type."""
+    return LLMClient(settings.llm, on_retry=lambda err: metrics.retries.labels(err).inc())
 
 
 async def open_async_pool(url: str, max_size: int = 4, timeout_s: float = 10.0) -> AsyncConnectionPool:

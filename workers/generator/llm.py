@@ -203,6 +203,10 @@ class LLMClient:
         self._on_retry = on_retry
         self._info: ServerInfo | None = None
 
+    async def close(self) -> None:
+        """Close the HTTP sessions of the inference client."""
+        await self.client.close()
+
     @property
     def server_info(self) -> ServerInfo | None:
         """The cached ``/info`` (``None`` until :meth:`info` succeeded once)."""

@@ -474,7 +474,7 @@ def bad_message(
             obj = json.loads(raw)
             if isinstance(obj, dict) and isinstance(obj.get("request_id"), str):
                 rid = uuid.UUID(obj["request_id"])
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # e.g. "[" * 100000 nests past the limit
             rid = None
     return ErrorRecord(
         kind="bad_message",

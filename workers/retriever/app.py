@@ -32,7 +32,16 @@ from workers.kafka import (
     output_headers,
     producer_config,
 )
-from workers.messages import ErrorInfo, Passage, Prompt, Provenance, Request, Response, ResponseStatus
+from workers.messages import (
+    ErrorInfo,
+    Passage,
+    Prompt,
+    Provenance,
+    Request,
+    Response,
+    ResponseStatus,
+    request_deadline,
+)
 from workers.retriever.embedding import Embedder
 from workers.retriever.prompt import build_prompt, get_template
 from workers.retriever.store import Hit, VectorStore, open_pool
@@ -66,6 +75,7 @@ class RetrieverMetrics:
             f"{prefix}_passages_dropped", "Passages left out to fit the LLM token limit", registry=registry
         )
         self.prompts = Counter(f"{prefix}_prompts", "Prompts produced", registry=registry)
+        self.expired = Counter(f"{prefix}_expired", "Requests past their deadline, not retrieved", registry=registry)
         self.errors = Counter(f"{prefix}_errors", "Requests failed by error class", ["error_class"], registry=registry)
 
 
@@ -114,14 +124,16 @@ class RetrieverService:
                 self.metrics.errors.labels(exc.error_class).inc()
                 results[i] = [dead_letter(inc, topic=self.dead_letter_topic, stage=STAGE, error=exc)]
                 continue
-            if req.deadline is not None and now > req.deadline:
+            deadline = request_deadline(req, inc.headers)
+            if deadline is not None and now > deadline:
+                self.metrics.expired.inc()
                 results[i] = self._error_response(
                     inc,
                     req,
                     "expired",
                     ErrorInfo(
                         error_class="expired",
-                        message=f"deadline {req.deadline.isoformat()} passed before retrieval",
+                        message=f"deadline {deadline.isoformat()} passed before retrieval",
                         stage=STAGE,
                     ),
                 )

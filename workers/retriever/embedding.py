@@ -118,6 +118,10 @@ class Embedder:
         Raises:
             ConfigError: the model cannot be found or loaded.
         """
+        if settings.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         if settings.model:
             return cls.from_path(settings.model, device=settings.device)
         return cls.from_path(default_embedding_model_path(), device=settings.device, model_name=DEFAULT_MODEL_NAME)
