@@ -96,7 +96,9 @@ class PgAnswerStore:
         ).format(sql.Identifier(self.table))
         try:
             async with self.pool.connection() as conn:
-                cur = await conn.execute(q, (response.request_id, response.status, encode(response).decode()))
+                # jsonb refuses the \u0000 escape; an answer may carry it (from the query or the model)
+                doc = encode(response).decode().replace("\\u0000", "\\ufffd")
+                cur = await conn.execute(q, (response.request_id, response.status, doc))
                 return bool(cur.rowcount)
         except Exception as exc:
             raise RetryableError(f"answer store write failed: {exc}") from exc

@@ -170,6 +170,18 @@ _ERROR_COLUMNS: tuple[str, ...] = (
 )
 
 
+def pg_safe(value: Any) -> Any:
+    """``value`` with NUL characters replaced by U+FFFD in every string, nested ones included: PostgreSQL
+    refuses NUL in ``text`` and ``jsonb`` (a fuzzed message must not block the monitor's batch)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {pg_safe(k): pg_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [pg_safe(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class BatchResult:
     """What one :meth:`TraceRecorder.write_batch` changed.
@@ -365,11 +377,16 @@ class TraceRecorder:
             values = part.columns() if part is not None else {}
             for col in OWNED_COLUMNS[kind]:
                 value = values.get(col)
+                value = pg_safe(value)
                 row[col] = Jsonb(value) if col in JSON_COLUMNS and value is not None else value
         return row
 
     @staticmethod
     def _error_row(rec: ErrorRecord) -> dict[str, Any]:
+        return {k: pg_safe(v) for k, v in TraceRecorder._error_fields(rec).items()}
+
+    @staticmethod
+    def _error_fields(rec: ErrorRecord) -> dict[str, Any]:
         return {
             "source_topic": rec.source_topic,
             "source_partition": rec.source_partition,
