@@ -62,7 +62,7 @@ from devstack.stack import REPO_ROOT, Stack, StackConfig
 from workers.client import RagClient
 from workers.dlq import DeadLetterRecord, read_dead_letters
 from workers.kafka import base_config, producer_config
-from workers.messages import GenerationParams, Request, Response
+from workers.messages import DeadLetter, GenerationParams, Request, Response
 from workers.serde import decode
 from workers.settings import Settings, load_settings
 from workers.topics import apply_topics, load_topics
@@ -142,6 +142,15 @@ class ChaosOptions:
     def load_seconds(self) -> float:
         """Duration of the load (s)."""
         return self.requests / self.rate
+
+
+def _same_value(letter: DeadLetter, raw: bytes) -> bool:
+    """The dead letter carries this raw value: whole, or (over the dead-letter value cap) its first bytes with
+    ``value_truncated`` and the full length in ``value_bytes``."""
+    kept = base64.b64decode(letter.value_b64)
+    if letter.value_truncated:
+        return letter.value_bytes == len(raw) and raw.startswith(kept)
+    return kept == raw
 
 
 def quick_options(**changes: Any) -> ChaosOptions:
@@ -765,11 +774,7 @@ class ChaosRun:
         for marker, (kind, raw) in self.injected.items():
             per_kind_sent[kind] += 1
             recs = found.get(marker, [])
-            good = [
-                r
-                for r in recs
-                if r.letter.error_class and r.letter.error_message and base64.b64decode(r.letter.value_b64) == raw
-            ]
+            good = [r for r in recs if r.letter.error_class and r.letter.error_message and _same_value(r.letter, raw)]
             if good:
                 per_kind_ok[kind] += 1
                 reasons[kind][good[0].letter.error_class] += 1

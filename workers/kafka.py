@@ -61,9 +61,10 @@ log = logging.getLogger(__name__)
 
 _RDKAFKA_LOG = logging.getLogger("librdkafka")
 
-#: Raw bytes of a failed message kept in its dead letter (1 MiB; base64 makes it ~1.4 MB, within the producer's
-#: 4 MiB). A longer value is cut there and flagged ``value_truncated`` (it cannot be replayed from the DLQ).
-DEAD_LETTER_MAX_VALUE_BYTES = 1 << 20
+#: Raw bytes of a failed message kept in its dead letter (512 KiB: base64 makes it ~700 KB, so a dead letter fits
+#: a broker's default 1 MiB ``message.max.bytes``). A longer value is cut there and flagged ``value_truncated``
+#: with its full length in ``value_bytes`` (such a dead letter cannot be replayed to its source).
+DEAD_LETTER_MAX_VALUE_BYTES = 512 * 1024
 
 #: Header names carried from input to output (DESIGN.md §4).
 PROPAGATED_HEADERS = ("request_id", "traceparent", "deadline")

@@ -194,7 +194,7 @@ class DeadLetter(_Wire):
     partition: int
     offset: int
     key: str | None = Field(None, description="Message key, base64.")
-    value_b64: str = Field(description="The raw value bytes, base64 (the first 1 MiB when truncated).")
+    value_b64: str = Field(description="The raw value bytes, base64 (the first 512 KiB when truncated).")
     value_bytes: int = Field(0, ge=0, description="Length of the original value (bytes).")
     value_truncated: bool = False
     headers: dict[str, str] = Field(default_factory=dict)
