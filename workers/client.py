@@ -24,9 +24,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from workers.errors import MessageError, RequestTimeoutError
+from workers.errors import MessageError, RequestDeliveryError, RequestTimeoutError
 from workers.kafka import base_config, check_broker, consume_available, producer_config
 from workers.messages import GenerationParams, Request, Response
 from workers.serde import decode, encode
@@ -90,6 +90,7 @@ class RagClient:
         while not self._stop.is_set():
             try:
                 msgs = consume_available(self._consumer, 500, 0.05)
+                self._producer.poll(0)  # serve delivery reports: a request that failed delivery fails its caller
             except (KafkaException, RuntimeError) as exc:
                 if self._stop.is_set():
                     return
@@ -127,9 +128,22 @@ class RagClient:
             headers.append(("deadline", request.deadline.isoformat()))
         headers.append(("traceparent", f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"))
         key = request.session_id or str(request.request_id)
+
+        def on_delivery(err: KafkaError | None, _msg: object) -> None:
+            if err is not None:  # the request never reached Kafka: fail the caller now, not at its timeout
+                self._forget(request.request_id)
+                if not fut.done():
+                    fut.set_exception(
+                        RequestDeliveryError(
+                            f"request {request.request_id} not delivered to {self.requests_topic}: {err}"
+                        )
+                    )
+
         while True:
             try:
-                self._producer.produce(self.requests_topic, value=encode(request), key=key, headers=headers)
+                self._producer.produce(
+                    self.requests_topic, value=encode(request), key=key, headers=headers, on_delivery=on_delivery
+                )
                 break
             except BufferError:
                 self._producer.poll(0.05)

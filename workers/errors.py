@@ -63,6 +63,12 @@ class GenerationError(RagError):
     error_class = "generation"
 
 
+class RequestDeliveryError(RetryableError):
+    """A client's request could not be delivered to the requests topic (broker away past the timeout)."""
+
+    error_class = "request_not_delivered"
+
+
 class RequestTimeoutError(RagError):
     """A client waited longer than its timeout for the Response to a request id."""
 

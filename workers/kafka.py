@@ -76,7 +76,14 @@ PROPAGATED_HEADERS = ("request_id", "traceparent", "deadline")
 def base_config(kafka: KafkaSettings) -> dict[str, Any]:
     """librdkafka properties shared by every client: bootstrap servers plus ``kafka.extra``."""
     # librdkafka's own log lines go to Python logging (logger "librdkafka"), not straight to stderr.
-    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "logger": _RDKAFKA_LOG}
+    conf: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "logger": _RDKAFKA_LOG,
+        # Re-read metadata every 10 s instead of every 5 min: after a broker restart a client that cached
+        # "no leader" for a partition finds the new leader in seconds (seen in the chaos run: a producer
+        # waited out its whole message timeout).
+        "topic.metadata.refresh.interval.ms": 10_000,
+    }
     conf.update(kafka.extra)
     return conf
 
@@ -94,6 +101,9 @@ def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
             "linger.ms": kafka.linger_ms,
             "message.max.bytes": kafka.message_max_bytes,
             "compression.type": "lz4",
+            # A message not delivered within 60 s fails its delivery report; the loop then stops without
+            # committing that input (it is processed again after the restart), instead of stalling 5 min.
+            "message.timeout.ms": 60_000,
         }
     )
     conf.update(overrides)
