@@ -23,7 +23,7 @@ from bench.env import bench_env
 #: Benchmark id → module (each has ``SERVICES`` and ``run(env, quick=, runs=, options=) -> list[Row]``).
 BENCHMARKS: dict[str, str] = {
     "B1": "bench.b1_pipeline",
-    "B2": "bench.b2_latency",
+    "B2": "bench.b2_hops",
     "B3": "bench.b3_retriever",
     "B4": "bench.b4_vector",
     "B5": "bench.b5_monitor",

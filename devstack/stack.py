@@ -576,9 +576,9 @@ class Stack:
     def llm_tokenizer_path(self) -> str:
         """Folder of the served model's tokenizer when it is local ("" for a hub id): the retriever counts
         prompt tokens with it instead of calling the server's ``/tokenize``."""
-        if not self.cfg.llm_model:
-            return str(TINY_LM_DIR)
-        return self.cfg.llm_model if Path(self.cfg.llm_model).is_dir() else ""
+        folder = Path(self.cfg.llm_model) if self.cfg.llm_model else TINY_LM_DIR
+        # only a folder that holds a tokenizer (a server started from another checkout built its own)
+        return str(folder) if (folder / "tokenizer.json").is_file() else ""
 
     def env(self) -> dict[str, str]:
         """Environment variables that point ragstream (``workers.settings``) at this stack."""
@@ -613,21 +613,30 @@ class Stack:
         with self._locked():
             started = time.monotonic()
             pending: list[_Service] = []
-            for name in self.cfg.services:
-                svc = self._services[name]
-                if svc.healthy():
-                    svc.after_ready()
-                    continue
-                svc.spawn()
-                pending.append(svc)
-            deadline = time.monotonic() + self.cfg.start_timeout_s
-            for svc in pending:
-                t0 = time.monotonic()
-                svc.wait_ready(deadline)
-                logger.info(
-                    "ready service=%s url=%s waited_s=%.1f since_up_s=%.1f",
-                    svc.name, svc.url, time.monotonic() - t0, time.monotonic() - started,
-                )  # fmt: skip
+            try:
+                for name in self.cfg.services:
+                    svc = self._services[name]
+                    if svc.healthy():
+                        svc.after_ready()
+                        continue
+                    svc.spawn()
+                    pending.append(svc)
+                deadline = time.monotonic() + self.cfg.start_timeout_s
+                for svc in pending:
+                    t0 = time.monotonic()
+                    svc.wait_ready(deadline)
+                    logger.info(
+                        "ready service=%s url=%s waited_s=%.1f since_up_s=%.1f",
+                        svc.name, svc.url, time.monotonic() - t0, time.monotonic() - started,
+                    )  # fmt: skip
+            except BaseException:
+                # leave nothing half-started behind: stop what this call spawned, then re-raise
+                for svc in reversed(pending):
+                    try:
+                        svc.stop()
+                    except Exception as exc:  # noqa: BLE001 - the original error matters more
+                        logger.warning("stopping %s after a failed start failed: %s", svc.name, exc)
+                raise
 
     def down(self) -> None:
         """Stop the services this stack home started (from their pid files); a no-op for stopped ones.

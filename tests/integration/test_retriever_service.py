@@ -18,7 +18,7 @@ from workers.retriever.app import RetrieverMetrics, RetrieverService
 from workers.retriever.embedding import Embedder
 from workers.retriever.ingest import content_hash
 from workers.retriever.store import ChunkRow, VectorStore, open_pool
-from workers.retriever.tokens import LocalTokenizerCounter, fetch_server_limits
+from workers.retriever.tokens import LocalTokenizerCounter, ServerTokenizeCounter, fetch_server_limits
 from workers.serde import decode, encode
 from workers.settings import EmbeddingSettings, KafkaSettings, RetrieverSettings, Settings
 
@@ -61,7 +61,8 @@ def test_huge_first_ranked_passage_is_capped_then_too_large_output_is_dead_lette
         assert store.search(embedder.encode([QUERY]).vectors[0], 4)[0].chunk_id == "huge#0"  # it ranks first
 
         limits = fetch_server_limits(stack.llm_url)
-        counter = LocalTokenizerCounter(stack.llm_tokenizer_path)
+        tok = getattr(stack, "llm_tokenizer_path", "")
+        counter = LocalTokenizerCounter(tok) if tok else ServerTokenizeCounter(stack.llm_url)
         settings = Settings(retriever=RetrieverSettings(table=table, top_k=4))
         service = RetrieverService(settings, embedder, store, counter, limits, RetrieverMetrics(CollectorRegistry()))
         req = Request(query=QUERY, generation={"max_new_tokens": 256})
