@@ -54,17 +54,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from devstack.pipeline import Pipeline, WorkerProcess
 from devstack.stack import REPO_ROOT, Stack, StackConfig
 from workers.client import RagClient
 from workers.dlq import DeadLetterRecord, read_dead_letters
+from workers.evaluate import TopicRecord
+from workers.evaluate import read_topic as evaluate_read_topic
 from workers.kafka import base_config, producer_config
 from workers.messages import DeadLetter, GenerationParams, Request, Response
 from workers.serde import decode
-from workers.settings import Settings, load_settings
+from workers.settings import KafkaSettings, Settings, load_settings
 from workers.topics import apply_topics, load_topics
 
 log = logging.getLogger("bench.chaos")
@@ -227,59 +229,10 @@ def ingest_corpus(stack: Stack, table: str, docs: int) -> str:
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
 
 
-@dataclass(frozen=True)
-class TopicRecord:
-    """One message read back from a topic."""
-
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list[TopicRecord]:
-    """Every message of ``topic`` from the low to the high watermark at the call, read without a group.
-
-    Raises:
-        TimeoutError: the end was not reached within ``timeout_s``.
-    """
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"chaos-read-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            "log_level": 3,
-        }
-    )
-    try:
-        meta = c.list_topics(topic, timeout=10).topics[topic]
-        ends: dict[int, int] = {}
-        starts: list[TopicPartition] = []
-        for p in sorted(meta.partitions):
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
-                starts.append(TopicPartition(topic, p, low))
-        out: list[TopicRecord] = []
-        if not starts:
-            return out
-        c.assign(starts)
-        deadline = time.monotonic() + timeout_s
-        while ends:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}: partitions {sorted(ends)} not read to the end")
-            for m in c.consume(500, timeout=0.5):
-                if m.error() is not None:
-                    continue
-                p, off = m.partition() or 0, m.offset() or 0
-                if p in ends and off < ends[p]:
-                    out.append(TopicRecord(p, off, m.key(), m.value()))
-                if p in ends and off + 1 >= ends[p]:
-                    ends.pop(p)
-        return out
-    finally:
-        c.close()
+    """Every message of ``topic`` up to the high watermarks at the call, read without a group
+    (:func:`workers.evaluate.read_topic`)."""
+    return evaluate_read_topic(KafkaSettings(bootstrap_servers=bootstrap), topic, timeout_s=timeout_s)
 
 
 def malformed_value(kind: str, marker: str, oversize_bytes: int, rng: random.Random) -> bytes:

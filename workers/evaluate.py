@@ -1088,11 +1088,13 @@ def write_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 @dataclass(frozen=True)
 class TopicRecord:
-    """One record read from a topic: value bytes, Kafka timestamp (ms since the epoch) and headers."""
+    """One record read from a topic: value bytes, Kafka timestamp (ms since the epoch), headers, position."""
 
     value: bytes | None
     timestamp_ms: int | None
     headers: Mapping[str, str]
+    partition: int = 0
+    offset: int = 0
 
 
 def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 120.0) -> list[TopicRecord]:
@@ -1158,7 +1160,9 @@ def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 120.0) ->
                 offset = msg.offset() or 0
                 if offset < ends[p]:
                     ts_type, ts = msg.timestamp()
-                    out.append(TopicRecord(msg.value(), ts if ts_type else None, _headers(msg.headers())))
+                    out.append(
+                        TopicRecord(msg.value(), ts if ts_type else None, _headers(msg.headers()), p or 0, offset)
+                    )
                 if offset >= ends[p] - 1:
                     del ends[p]
         log.info("read topic=%s records=%d", topic, len(out))
