@@ -428,6 +428,8 @@ class WorkerLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._paused = False  # what the loop wants (bound reached)
         self._consumer_paused = False  # what the poll thread applied
+        #: Set by the assign callback: the poll thread resumes the new assignment (see :meth:`_poll`).
+        self._assigned_since_poll = False
         #: Offsets to store, queued by delivery callbacks and applied by the poll thread: the consumer is only
         #: ever called from that one thread (confluent-kafka 2.16 serializes calls on a handle, so a call from
         #: another thread would wait for a running consume()).
@@ -454,6 +456,11 @@ class WorkerLoop:
         self.metrics.rebalances.labels(self.config.role).inc()
         for tp in partitions:
             self._assigned.add((tp.topic, tp.partition))
+        # librdkafka keeps a partition's application pause across revoke/lost and re-assignment in the same
+        # process: a partition paused for backpressure, revoked (or lost in a broker outage) and assigned
+        # back later would never be fetched again (seen in the chaos run: six partitions stalled for good).
+        # The poll thread resumes every newly assigned partition unless the loop wants them paused.
+        self._assigned_since_poll = True
         log.info("assigned role=%s partitions=%s", self.config.role, _fmt(partitions))
         self.started.set()
 
@@ -475,6 +482,7 @@ class WorkerLoop:
         self.tracker.drop(keys)
         for k in keys:
             self._assigned.discard(k)
+        _resume_quietly(consumer, partitions)
         log.info("revoked role=%s partitions=%s", self.config.role, _fmt(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -482,6 +490,7 @@ class WorkerLoop:
         self.tracker.drop(keys)
         for k in keys:
             self._assigned.discard(k)
+        _resume_quietly(consumer, partitions)
         log.warning("lost role=%s partitions=%s (not committed)", self.config.role, _fmt(partitions))
 
     # -- public
@@ -549,9 +558,12 @@ class WorkerLoop:
                 if assignment:
                     consumer.pause(assignment)
                 self._consumer_paused = True
-            elif self._consumer_paused:
-                consumer.resume(consumer.assignment())
+            elif self._consumer_paused or self._assigned_since_poll:
+                assignment = consumer.assignment()
+                if assignment:
+                    consumer.resume(assignment)
                 self._consumer_paused = False
+            self._assigned_since_poll = False
         except KafkaException as exc:
             log.warning("pause/resume failed: %s", exc)
         if self._paused:
@@ -741,6 +753,17 @@ class WorkerLoop:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close failed: %s", exc)
+
+
+def _resume_quietly(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    """Clear the application pause of partitions leaving the assignment (so a later re-assignment starts
+    fetching); an error (partition unknown to the client) is logged and ignored."""
+    if not partitions:
+        return
+    try:
+        consumer.resume(partitions)
+    except KafkaException as exc:
+        log.debug("resume of departing partitions failed: %s", exc)
 
 
 def consume_available(consumer: Consumer, n: int, timeout_s: float) -> list[Message]:
