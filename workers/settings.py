@@ -91,6 +91,12 @@ class RetrieverSettings(_Section):
     #: Used when the server gives no limits in /info.
     default_max_total_tokens: int = 2048
     default_max_new_tokens: int = 256
+    #: Count every prompt as a whole with the LLM tokenizer. False (default): a prompt whose estimate (the
+    #: sum of its separately counted, cached pieces) is at least ``prompt.ESTIMATE_MARGIN_TOKENS`` under the
+    #: server's budget is not recounted; its ``prompt_tokens`` is that estimate (see ``build_prompt``).
+    exact_prompt_tokens: bool = False
+    #: Token counts of rendered passages kept in memory (LRU, keyed by a 16-byte hash of the text).
+    token_cache_entries: int = 65_536
 
 
 class LLMSettings(_Section):

@@ -10,6 +10,7 @@ import pytest
 
 from workers.errors import ConfigError, PermanentError, PromptTooLargeError, RetryableError, ServiceUnavailableError
 from workers.retriever.prompt import (
+    ESTIMATE_MARGIN_TOKENS,
     PER_MESSAGE_OVERHEAD_TOKENS,
     TEMPLATES,
     PromptTemplate,
@@ -17,6 +18,7 @@ from workers.retriever.prompt import (
     get_template,
 )
 from workers.retriever.tokens import (
+    CachedTokenCounter,
     LLMTokenCounter,
     ServerLimits,
     ServerTokenizeCounter,
@@ -115,6 +117,48 @@ def test_non_additive_tokenizer_is_corrected_by_the_exact_count() -> None:
     built = build_prompt("q", hits, get_template("default"), count, None, 700, 100)
     assert built.prompt_tokens <= 600
     assert built.prompt_tokens == count(["\n".join(m.content for m in built.messages)])[0] + 24
+
+
+def test_estimate_far_under_the_budget_skips_the_whole_prompt_count() -> None:
+    counter = WordCounter()
+    hits = [passage(r, 100) for r in range(3)]
+    built = build_prompt("q?", hits, get_template("default"), counter.count, None, 4096, 100, ESTIMATE_MARGIN_TOKENS)
+    assert len(counter.calls) == 1  # the pieces only
+    assert built.passages_dropped == 0
+    joined = "\n".join(m.content for m in built.messages)
+    exact = counter.count([joined])[0] + PER_MESSAGE_OVERHEAD_TOKENS * 3
+    assert built.prompt_tokens >= exact  # the word counter is additive; the pieces' separators add words only
+    assert built.prompt_tokens - exact <= 3
+
+
+def test_estimate_near_the_budget_is_checked_by_the_whole_prompt_count() -> None:
+    """Within the margin the exact count decides, as without a margin: a non-additive tokenizer is caught."""
+
+    def count(texts: list[str]) -> list[int]:
+        return [len(t.split()) + 1 + (t.count("[") * 3 if len(t) > 2000 else 0) for t in texts]
+
+    hits = [passage(r, 100) for r in range(6)]
+    with_margin = build_prompt("q", hits, get_template("default"), count, None, 700, 100, ESTIMATE_MARGIN_TOKENS)
+    without = build_prompt("q", hits, get_template("default"), count, None, 700, 100)
+    assert with_margin == without
+    assert with_margin.prompt_tokens <= 600
+
+
+def test_cached_token_counter_counts_each_text_once_and_evicts_lru() -> None:
+    inner = WordCounter()
+    cached = CachedTokenCounter(inner, max_entries=2)
+    assert cached.count(["a b", "c", "a b"]) == [3, 2, 3]
+    assert cached.count(["c", "a b"]) == [2, 3]
+    assert inner.calls == [["a b", "c"]] and cached.hits == 2 and cached.misses == 2  # one call, distinct texts
+    cached.count(["d e f"])  # evicts the least recently used ("c" was used before "a b")
+    assert len(cached) == 2
+    cached.count(["a b"])
+    assert len(inner.calls) == 2
+    cached.count(["c"])
+    assert inner.calls[-1] == ["c"]
+    off = CachedTokenCounter(inner, max_entries=0)
+    off.count(["x"]), off.count(["x"])
+    assert inner.calls[-2:] == [["x"], ["x"]]
 
 
 def test_no_passages_placeholder_and_rank_order() -> None:

@@ -43,9 +43,10 @@ from workers.messages import (
     request_deadline,
 )
 from workers.retriever.embedding import Embedder
-from workers.retriever.prompt import build_prompt, get_template
+from workers.retriever.prompt import ESTIMATE_MARGIN_TOKENS, build_prompt, get_template
 from workers.retriever.store import Hit, VectorStore, open_pool
 from workers.retriever.tokens import (
+    CachedTokenCounter,
     LLMTokenCounter,
     LocalTokenizerCounter,
     ServerLimits,
@@ -171,6 +172,7 @@ class RetrieverService:
                     self.limits.max_input_tokens,
                     self.limits.max_total_tokens,
                     req.generation.max_new_tokens,
+                    None if self.settings.retriever.exact_prompt_tokens else ESTIMATE_MARGIN_TOKENS,
                 )
             except PermanentError as exc:
                 results[i] = self._fail(inc, req, exc)
@@ -285,6 +287,7 @@ def build_service(settings: Settings, registry: CollectorRegistry) -> RetrieverS
         counter = LocalTokenizerCounter(settings.retriever.llm_tokenizer)
     else:
         counter = ServerTokenizeCounter(settings.llm.url)
+    counter = CachedTokenCounter(counter, settings.retriever.token_cache_entries)
     log.info(
         "retriever ready model=%s dim=%d table=%s rows=%d llm=%s max_total_tokens=%s",
         embedder.model_name,
