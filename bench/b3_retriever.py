@@ -7,11 +7,13 @@ measured (:class:`bench.flows.StageFeed`). The worker decodes, embeds a micro-ba
 searches pgvector per query, builds and encodes the prompt and produces it; its input and output both go
 through Kafka. In-process side: the same queries, cut into batches of ``RAG_WORKER__BATCH_MAX`` (32),
 embedded with the same :class:`~workers.retriever.embedding.Embedder` settings and searched with the same
-:class:`~workers.retriever.store.VectorStore` query (``top_k`` 5, ``ef_search`` 80), one query after the
-other, in this process: no Kafka, no decoding, no prompt building.
+:class:`~workers.retriever.store.VectorStore` query (``top_k`` 5, ``ef_search`` 80) as the worker runs it:
+``search_many`` of the batch (one connection, one transaction), in this process: no Kafka, no decoding, no
+prompt building.
 
-The second row runs two retriever workers (one with ``batch_max`` 32, one with 1) on their own topics and
-compares their throughputs.
+The second row runs two retriever workers on their own topics and compares their throughputs: one with
+``batch_max`` 32, one with ``batch_max`` 1 and ``embedding.batch_size`` 1 (every query in a forward pass of
+its own: the embedder does not coalesce concurrent calls either), both with 128 messages in flight.
 """
 
 from __future__ import annotations
@@ -45,8 +47,7 @@ def _in_process(env: BenchEnv, queries: list[str], n: int, meter: CpuMeter) -> A
         for i in range(0, n, BATCH):
             batch = [queries[j % len(queries)] for j in range(i, min(n, i + BATCH))]
             emb = embedder.encode(batch)
-            for v in emb.vectors:
-                store.search(v, k, None, ef)
+            store.search_many(emb.vectors, k, None, ef)
         dt = time.perf_counter() - t0
         return Run(n / dt, n, meter.total() - c0)
 
@@ -68,7 +69,13 @@ def run(env: BenchEnv, *, quick: bool, runs: int, options: dict[str, Any]) -> li
     rows: list[Row] = []
     with (
         env.workers(p32, {"retriever": 1}, RAG_WORKER__BATCH_MAX=str(BATCH)) as w32,
-        env.workers(p1, {"retriever": 1}, RAG_WORKER__BATCH_MAX="1") as w1,
+        env.workers(
+            p1,
+            {"retriever": 1},
+            RAG_WORKER__BATCH_MAX="1",
+            RAG_EMBEDDING__BATCH_SIZE="1",  # one text per forward pass: no coalescing either
+            RAG_WORKER__MAX_IN_FLIGHT=str(4 * BATCH),  # the same depth as the batched worker
+        ) as w1,
     ):
         pg = env.service_pids("kafka", "postgres")
         m32 = CpuMeter([w32.procs[0].proc.pid, *pg])

@@ -8,8 +8,11 @@ Semantics (DESIGN.md §3, §5):
   still in flight, or the last finished one + 1). librdkafka's auto-commit then commits stored offsets
   every ``auto.commit.interval.ms``; revocation and shutdown commit synchronously.
 * **Bounded in flight.** At most ``max_in_flight`` messages are handed to the handler and unfinished. At the
-  bound the loop pauses its assigned partitions and keeps polling, so a slow LLM call never pushes the
-  consumer past ``max.poll.interval.ms`` (the group does not evict it).
+  bound the loop first just waits for capacity (librdkafka keeps pre-fetching meanwhile); only when the bound
+  holds longer than ``pause_after_s`` does it pause its assigned partitions and keep polling, so a slow LLM
+  call never pushes the consumer past ``max.poll.interval.ms`` (the group does not evict it). Pausing is not
+  the first resort because librdkafka throws the pre-fetched messages of a paused partition away and starts
+  fetching a resumed one only on its broker thread's next wake-up, measured at up to ~1 s.
 * **Rebalance.** On revoke the loop waits (bounded) for in-flight messages of the revoked partitions,
   then commits what is done, so a new owner does not redo finished work.
 * **Shutdown.** On SIGTERM/SIGINT it stops taking messages, waits for in-flight work up to
@@ -391,6 +394,9 @@ class LoopConfig:
     retry_attempts: int = 8
     #: Upper bound of one backoff sleep between those calls (s); 8 attempts wait about 30 s in all.
     retry_max_s: float = 8.0
+    #: Seconds the loop may sit at ``max_in_flight`` without polling before it pauses its partitions and
+    #: polls again (must stay well under ``max.poll.interval.ms``; rebalance callbacks wait as long).
+    pause_after_s: float = 1.0
 
 
 class FatalWorkerError(RagError):
@@ -430,6 +436,8 @@ class WorkerLoop:
         self._consumer_paused = False  # what the poll thread applied
         #: Set by the assign callback: the poll thread resumes the new assignment (see :meth:`_poll`).
         self._assigned_since_poll = False
+        #: Set (from any thread) when a message finishes, so a loop waiting at the bound wakes up.
+        self._capacity = asyncio.Event()
         #: Offsets to store, queued by delivery callbacks and applied by the poll thread: the consumer is only
         #: ever called from that one thread (confluent-kafka 2.16 serializes calls on a handle, so a call from
         #: another thread would wait for a running consume()).
@@ -522,8 +530,18 @@ class WorkerLoop:
         self._delivery_thread.start()
         log.info("worker started role=%s topics=%s", self.config.role, self.config.topics)
         try:
+            at_bound_since: float | None = None
             while not self._stop.is_set() and self._fatal is None:
                 capacity = self.config.max_in_flight - self.tracker.in_flight()
+                if capacity <= 0:
+                    now = time.monotonic()
+                    at_bound_since = at_bound_since if at_bound_since is not None else now
+                    left = self.config.pause_after_s - (now - at_bound_since)
+                    if not self._paused and left > 0:
+                        await self._wait_capacity(left)
+                        continue
+                else:
+                    at_bound_since = None
                 self._set_paused(capacity <= 0)
                 n = max(1, min(capacity, self.config.batch_max * 4))
                 msgs = await loop.run_in_executor(self._poll_pool, self._poll, n)
@@ -537,6 +555,16 @@ class WorkerLoop:
             raise FatalWorkerError(f"stopped after a delivery failure: {self._fatal}")
 
     # -- internals
+
+    async def _wait_capacity(self, timeout_s: float) -> None:
+        """Wait until a message finishes (or ``timeout_s``, at most 0.1 s so a stop request is seen)."""
+        self._capacity.clear()
+        if self.tracker.in_flight() < self.config.max_in_flight:
+            return
+        try:
+            await asyncio.wait_for(self._capacity.wait(), timeout=min(timeout_s, 0.1))
+        except TimeoutError:
+            pass
 
     def _set_paused(self, pause: bool) -> None:
         if pause != self._paused:
@@ -712,6 +740,12 @@ class WorkerLoop:
         self.metrics.in_flight.labels(self.config.role).set(self.tracker.in_flight())
         if next_offset is not None:
             self._to_store.append(TopicPartition(inc.topic, inc.partition, next_offset))
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._capacity.set)
+            except RuntimeError:  # the loop closed meanwhile (a late delivery report at shutdown)
+                pass
 
     async def _shutdown(self) -> None:
         role = self.config.role

@@ -54,8 +54,11 @@ class WorkerSettings(_Section):
 
     #: Consumer group id; defaults to the topic prefix + the worker's role ("retriever", "rag.eval.run1.generator").
     group_id: str | None = None
-    #: Messages handed to the handler and not yet finished; above it the partitions are paused.
-    max_in_flight: int = 64
+    #: Messages handed to the handler and not yet finished; above it the partitions are paused. 0 = the role's
+    #: default: retriever 4 × ``batch_max`` (with only 2 micro-batches in flight the embedding thread idles
+    #: while a batch is searched and produced, and every pause/resume costs a fetch round trip: 64 gave
+    #: 57-77 req/s, 128 gave 109-118 req/s on a backlog, bench B3), generator ``llm.max_in_flight``.
+    max_in_flight: int = 0
     #: Largest micro-batch handed to one handler call (retriever embeds a batch in one forward pass).
     batch_max: int = 32
     #: Seconds allowed on SIGTERM to finish in-flight work, flush and commit.
@@ -76,6 +79,9 @@ class EmbeddingSettings(_Section):
     #: CPU threads torch uses for one forward pass (0 = torch's default, one per core). On a box shared with
     #: other workers, fewer threads avoid oversubscription.
     torch_threads: int = 0
+    #: Most texts in one forward pass; also the cap of the encoding thread's coalescing of concurrent calls
+    #: (1 = every query alone: the batch-of-one reference of bench B3).
+    batch_size: int = 32
 
 
 class RetrieverSettings(_Section):

@@ -111,3 +111,37 @@ def test_encode_async_runs_on_one_encoding_thread(embedder: Embedder) -> None:
         del embedder.encode
     assert len(names) == 1 and next(iter(names)).startswith("embedder")
     np.testing.assert_allclose(np.vstack(got), original(texts).vectors, atol=1e-5)
+
+
+def test_encode_async_coalesces_waiting_calls_into_one_pass(embedder: Embedder) -> None:
+    """Calls queued while a pass runs are embedded together (up to batch_size texts), each caller gets its rows."""
+    gate = threading.Event()
+    passes: list[int] = []
+    original = embedder.encode
+
+    def slow_first(batch: list[str]):  # type: ignore[no-untyped-def]
+        passes.append(len(batch))
+        if len(passes) == 1:
+            gate.wait(10)  # hold the thread so the next calls queue up behind this pass
+        return original(batch)
+
+    calls = [[f"coalesce {i}.{j}" for j in range(i % 3 + 1)] for i in range(12)]  # 24 texts in 12 calls
+
+    async def main() -> list[np.ndarray]:
+        first = asyncio.ensure_future(embedder.encode_async(["first call"]))
+        await asyncio.sleep(0.2)
+        rest = [asyncio.ensure_future(embedder.encode_async(c)) for c in calls]
+        await asyncio.sleep(0.2)
+        gate.set()
+        await first
+        return [r.vectors for r in await asyncio.gather(*rest)]
+
+    embedder.encode = slow_first  # type: ignore[method-assign,assignment]  # instance-level spy
+    try:
+        got = asyncio.run(main())
+    finally:
+        del embedder.encode
+    assert passes == [1, 24]  # the 12 waiting calls became one forward pass (batch_size 32)
+    for texts, vectors in zip(calls, got, strict=True):
+        assert vectors.shape == (len(texts), 384)
+        np.testing.assert_allclose(vectors, original(texts).vectors, atol=1e-5)

@@ -43,7 +43,7 @@ from workers.messages import (
     request_deadline,
 )
 from workers.retriever.embedding import Embedder
-from workers.retriever.prompt import ESTIMATE_MARGIN_TOKENS, build_prompt, get_template
+from workers.retriever.prompt import ESTIMATE_MARGIN_TOKENS, BuiltPrompt, build_prompt, get_template
 from workers.retriever.store import Hit, VectorStore, open_pool
 from workers.retriever.tokens import (
     CachedTokenCounter,
@@ -148,36 +148,59 @@ class RetrieverService:
         t_embed = (time.perf_counter() - t0) * 1000.0
         self.metrics.stage_seconds.labels("embed").observe(t_embed / 1000.0)
 
-        async def search(j: int, req: Request) -> tuple[list[Hit], float]:
-            ts = time.perf_counter()
-            k = req.top_k or self.settings.retriever.top_k
-            hits = await asyncio.to_thread(
-                self.store.search, emb.vectors[j], k, dict(req.filters) or None, self.settings.retriever.ef_search
-            )
-            return list(hits), (time.perf_counter() - ts) * 1000.0
+        # One search_many per distinct top_k (usually one for the whole micro-batch): one connection, one
+        # transaction, the queries back to back; search_ms is the wall time of the call that served a request.
+        searched: list[tuple[list[Hit], float]] = [([], 0.0)] * len(live)
+        by_k: dict[int, list[int]] = {}
+        for j, (_, req) in enumerate(live):
+            by_k.setdefault(req.top_k or self.settings.retriever.top_k, []).append(j)
 
-        searched = await asyncio.gather(*(search(j, req) for j, (_, req) in enumerate(live)))
+        async def search(k: int, js: list[int]) -> None:
+            ts = time.perf_counter()
+            found = await asyncio.to_thread(
+                self.store.search_many,
+                emb.vectors[js],
+                k,
+                [dict(live[j][1].filters) or None for j in js],
+                self.settings.retriever.ef_search,
+            )
+            ms = (time.perf_counter() - ts) * 1000.0
+            for j, hits in zip(js, found, strict=True):
+                searched[j] = (list(hits), ms)
+
+        await asyncio.gather(*(search(k, js) for k, js in by_k.items()))
+        margin = None if self.settings.retriever.exact_prompt_tokens else ESTIMATE_MARGIN_TOKENS
+
+        def build_all() -> list[tuple[BuiltPrompt[Hit] | PermanentError, float]]:
+            # All prompts of the micro-batch in one worker-thread call (token counting is CPU work).
+            out: list[tuple[BuiltPrompt[Hit] | PermanentError, float]] = []
+            for j, (_, req) in enumerate(live):
+                tp = time.perf_counter()
+                try:
+                    built_one: BuiltPrompt[Hit] | PermanentError = build_prompt(
+                        req.query,
+                        searched[j][0],
+                        self.template,
+                        self.counter.count,
+                        self.limits.max_input_tokens,
+                        self.limits.max_total_tokens,
+                        req.generation.max_new_tokens,
+                        margin,
+                    )
+                except PermanentError as exc:
+                    built_one = exc
+                out.append((built_one, (time.perf_counter() - tp) * 1000.0))
+            return out
+
+        prompts_built = await asyncio.to_thread(build_all)
         for j, (i, req) in enumerate(live):
-            hits, search_ms = searched[j]
+            search_ms = searched[j][1]
             self.metrics.stage_seconds.labels("search").observe(search_ms / 1000.0)
             inc = batch[i]
-            tp = time.perf_counter()
-            try:
-                built = await asyncio.to_thread(
-                    build_prompt,
-                    req.query,
-                    hits,
-                    self.template,
-                    self.counter.count,
-                    self.limits.max_input_tokens,
-                    self.limits.max_total_tokens,
-                    req.generation.max_new_tokens,
-                    None if self.settings.retriever.exact_prompt_tokens else ESTIMATE_MARGIN_TOKENS,
-                )
-            except PermanentError as exc:
-                results[i] = self._fail(inc, req, exc)
+            built, prompt_ms = prompts_built[j]
+            if isinstance(built, PermanentError):
+                results[i] = self._fail(inc, req, built)
                 continue
-            prompt_ms = (time.perf_counter() - tp) * 1000.0
             truncated = bool(emb.truncated[j])
             if truncated:
                 self.metrics.truncated.inc()
@@ -317,7 +340,7 @@ async def serve(settings: Settings) -> None:
             role=STAGE,
             topics=[settings.topics.name("requests")],
             dead_letter_topic=settings.topics.name("dead_letter"),
-            max_in_flight=settings.worker.max_in_flight,
+            max_in_flight=settings.worker.max_in_flight or 4 * settings.worker.batch_max,
             batch_max=settings.worker.batch_max,
             shutdown_timeout_s=settings.worker.shutdown_timeout_s,
         ),

@@ -3,7 +3,10 @@
 :class:`Embedder` wraps one ``SentenceTransformer``. All forward passes are serialized by a lock, so any
 number of threads may call :meth:`Embedder.encode` (HF fast tokenizers raise "Already borrowed" when one
 tokenizer is used from two threads at once); :meth:`Embedder.encode_async` runs on a single dedicated
-encoding thread owned by the embedder. Token counting uses a private copy of the model's tokenizer
+encoding thread owned by the embedder and **coalesces** the calls that wait for it: while one forward pass
+runs, the texts of every call that arrives are queued, and the next pass embeds them together (up to
+``batch_size`` texts; dynamic batching as in TGI or Triton), so concurrent micro-batches of a worker become
+one larger forward pass instead of several small ones. Token counting uses a private copy of the model's tokenizer
 (:class:`~workers.retriever.tokens.LocalTokenizerCounter`), never the model's own.
 
 The model reads at most ``max_seq_length`` tokens (256 for all-MiniLM-L6-v2, ``[CLS]`` and ``[SEP]``
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,6 +71,13 @@ class Embedder:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
         self.batch_size = batch_size
+        #: Calls of :meth:`encode_async` waiting for the encoding thread: (texts, future of their result).
+        self._queue: list[tuple[list[str], Future[EmbedResult]]] = []
+        self._queue_lock = threading.Lock()
+        self._draining = False
+        #: Forward-pass groups run by :meth:`encode_async` and the calls they served (coalescing stats).
+        self.coalesced_passes = 0
+        self.coalesced_calls = 0
         # sentence-transformers >= 5.2 renamed get_sentence_embedding_dimension (now deprecated).
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         dim = get_dim()
@@ -123,8 +133,13 @@ class Embedder:
 
             torch.set_num_threads(settings.torch_threads)
         if settings.model:
-            return cls.from_path(settings.model, device=settings.device)
-        return cls.from_path(default_embedding_model_path(), device=settings.device, model_name=DEFAULT_MODEL_NAME)
+            embedder = cls.from_path(settings.model, device=settings.device)
+        else:
+            embedder = cls.from_path(
+                default_embedding_model_path(), device=settings.device, model_name=DEFAULT_MODEL_NAME
+            )
+        embedder.batch_size = max(1, settings.batch_size)
+        return embedder
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens of each text in the model's tokenizer, special tokens (``[CLS]``, ``[SEP]``) included."""
@@ -161,9 +176,58 @@ class Embedder:
         return EmbedResult(vectors, counts, truncated)
 
     async def encode_async(self, texts: list[str]) -> EmbedResult:
-        """:meth:`encode` on the embedder's single encoding thread, without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.encode, list(texts))
+        """:meth:`encode` on the embedder's single encoding thread, without blocking the event loop.
+
+        Calls that arrive while the thread is busy are queued and embedded together in the next pass (up to
+        ``batch_size`` texts per pass; a call larger than that is never split across passes). The result is
+        the same as :meth:`encode` of this call's texts alone (row by row, up to float rounding of batched
+        matrix products).
+
+        Raises:
+            whatever :meth:`encode` raises for the pass this call was part of.
+        """
+        fut: Future[EmbedResult] = Future()
+        with self._queue_lock:
+            self._queue.append((list(texts), fut))
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._executor.submit(self._drain)
+        return await asyncio.wrap_future(fut)
+
+    def _drain(self) -> None:
+        """Encoding thread: embed queued calls, coalesced up to ``batch_size`` texts, until the queue is empty."""
+        while True:
+            with self._queue_lock:
+                if not self._queue:
+                    self._draining = False
+                    return
+                group = [self._queue.pop(0)]
+                size = len(group[0][0])
+                while self._queue and size + len(self._queue[0][0]) <= self.batch_size:
+                    size += len(self._queue[0][0])
+                    group.append(self._queue.pop(0))
+            # A caller cancelled meanwhile (e.g. at shutdown) is left out; the others can no longer cancel.
+            group = [(texts, fut) for texts, fut in group if fut.set_running_or_notify_cancel()]
+            if not group:
+                continue
+            self.coalesced_passes += 1
+            self.coalesced_calls += len(group)
+            try:
+                result = self.encode([t for texts, _ in group for t in texts])
+            except Exception as exc:  # handed to every caller of the pass
+                for _, fut in group:
+                    fut.set_exception(exc)
+                continue
+            at = 0
+            for texts, fut in group:
+                n = len(texts)
+                fut.set_result(
+                    EmbedResult(
+                        result.vectors[at : at + n], result.token_counts[at : at + n], result.truncated[at : at + n]
+                    )
+                )
+                at += n
 
     def close(self) -> None:
         """Stop the encoding thread (waits for a running encode)."""
