@@ -61,9 +61,8 @@ from devstack.pipeline import Pipeline, WorkerProcess
 from devstack.stack import REPO_ROOT, Stack, StackConfig
 from workers.client import RagClient
 from workers.dlq import DeadLetterRecord, read_dead_letters
-from workers.evaluate import TopicRecord
-from workers.evaluate import read_topic as evaluate_read_topic
-from workers.kafka import base_config, producer_config
+from workers.kafka import TopicRecord, base_config, producer_config
+from workers.kafka import read_topic as kafka_read_topic
 from workers.messages import DeadLetter, GenerationParams, Request, Response
 from workers.serde import decode
 from workers.settings import KafkaSettings, Settings, load_settings
@@ -231,8 +230,8 @@ def ingest_corpus(stack: Stack, table: str, docs: int) -> str:
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list[TopicRecord]:
     """Every message of ``topic`` up to the high watermarks at the call, read without a group
-    (:func:`workers.evaluate.read_topic`)."""
-    return evaluate_read_topic(KafkaSettings(bootstrap_servers=bootstrap), topic, timeout_s=timeout_s)
+    (:func:`workers.kafka.read_topic`)."""
+    return kafka_read_topic(KafkaSettings(bootstrap_servers=bootstrap), topic, timeout_s=timeout_s)
 
 
 def malformed_value(kind: str, marker: str, oversize_bytes: int, rng: random.Random) -> bytes:

@@ -14,10 +14,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer
 
 from workers.errors import ConfigError, MessageError
-from workers.kafka import base_config, check_broker, producer_config
+from workers.kafka import check_broker, producer_config, read_topic
 from workers.messages import DeadLetter
 from workers.serde import decode
 from workers.settings import Settings
@@ -72,8 +72,15 @@ def parse_positions(spec: str) -> frozenset[tuple[int, int]]:
     return frozenset(out)
 
 
-def read_dead_letters(settings: Settings, timeout_s: float = 10.0) -> Iterator[DeadLetterRecord | tuple[int, int, str]]:
-    """Every message of the dead-letter topic up to the high watermarks at the start.
+def read_dead_letters(
+    settings: Settings, timeout_s: float = 120.0
+) -> Iterator[DeadLetterRecord | tuple[int, int, str]]:
+    """Every message of the dead-letter topic up to the high watermarks at the start
+    (:func:`workers.kafka.read_topic`: assigned partitions, no consumer group, nothing committed).
+
+    Args:
+        settings: connection settings and topic names.
+        timeout_s: seconds allowed to read the range.
 
     Yields :class:`DeadLetterRecord`, or ``(partition, offset, reason)`` for a message that is not a valid
     DeadLetter (it is shown, never skipped silently).
@@ -81,50 +88,21 @@ def read_dead_letters(settings: Settings, timeout_s: float = 10.0) -> Iterator[D
     Raises:
         ServiceUnavailableError: no broker.
         ConfigError: the dead-letter topic does not exist.
+        RetryableError: the range was not read within ``timeout_s``.
     """
     check_broker(settings.kafka)
     topic = settings.topics.name("dead_letter")
-    conf = base_config(settings.kafka)
-    conf.update(
-        {"group.id": f"ragstream-dlq-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False, "enable.partition.eof": True}
-    )
-    consumer = Consumer(conf)
     try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise ConfigError(f"dead-letter topic {topic!r} does not exist (run `ragstream topics apply`)")
-        ends: dict[int, int] = {}
-        starts: list[TopicPartition] = []
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high > low:
-                ends[p] = high
-                starts.append(TopicPartition(topic, p, low))
-        if not starts:
-            return
-        consumer.assign(starts)
-        while ends:
-            for msg in consumer.consume(500, timeout=1.0):
-                p, off = msg.partition() or 0, msg.offset() or 0
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        ends.pop(p, None)
-                        continue
-                    raise KafkaException(err)
-                if off >= ends.get(p, -1):
-                    ends.pop(p, None)
-                    continue
-                if off + 1 >= ends[p]:
-                    ends.pop(p, None)
-                yield _record(p, off, msg)
-    finally:
-        consumer.close()
+        records = read_topic(settings.kafka, topic, timeout_s=timeout_s)
+    except ConfigError:
+        raise ConfigError(f"dead-letter topic {topic!r} does not exist (run `ragstream topics apply`)") from None
+    for rec in records:
+        yield _record(rec.partition, rec.offset, rec.value)
 
 
-def _record(partition: int, offset: int, msg: Message) -> DeadLetterRecord | tuple[int, int, str]:
+def _record(partition: int, offset: int, value: bytes | None) -> DeadLetterRecord | tuple[int, int, str]:
     try:
-        return DeadLetterRecord(partition, offset, decode(msg.value(), DeadLetter))
+        return DeadLetterRecord(partition, offset, decode(value, DeadLetter))
     except MessageError as exc:
         return (partition, offset, str(exc))
 

@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import re
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,10 +42,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from workers.errors import ConfigError, MessageError, RetryableError
+from workers.errors import ConfigError, MessageError
+from workers.kafka import TopicRecord, read_topic
 from workers.messages import Provenance, Request, Response
 from workers.serde import decode
-from workers.settings import KafkaSettings, Settings
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -1084,100 +1084,6 @@ def write_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 
 # --------------------------------------------------------------------------- reading runs
-
-
-@dataclass(frozen=True)
-class TopicRecord:
-    """One record read from a topic: value bytes, Kafka timestamp (ms since the epoch), headers, position."""
-
-    value: bytes | None
-    timestamp_ms: int | None
-    headers: Mapping[str, str]
-    partition: int = 0
-    offset: int = 0
-
-
-def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 120.0) -> list[TopicRecord]:
-    """Every record of a topic up to the high watermarks captured at the start, without a consumer group.
-
-    The partitions are *assigned* at their low watermarks (``assign``, no ``subscribe``), nothing is
-    committed, and the throwaway ``group.id`` librdkafka wants is never joined.
-
-    Args:
-        kafka: connection settings.
-        topic: the topic.
-        timeout_s: seconds allowed to read the range.
-
-    Raises:
-        ConfigError: the topic does not exist.
-        RetryableError: the range was not read within ``timeout_s``.
-    """
-    from confluent_kafka import Consumer, KafkaError, TopicPartition  # noqa: TID251 - group-less topic read
-
-    from workers.kafka import base_config
-
-    conf = base_config(kafka)
-    conf.update(
-        {
-            "group.id": f"ragstream-evaluate-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 100,
-        }
-    )
-    consumer = Consumer(conf)
-    try:
-        meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise ConfigError(f"topic {topic!r} not found (wrong run name or prefix?)")
-        ends: dict[int, int] = {}
-        starts: list[Any] = []
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0, cached=False)
-            if high > low:
-                ends[p] = high
-                starts.append(TopicPartition(topic, p, low))
-        out: list[TopicRecord] = []
-        if not starts:
-            return out
-        consumer.assign(starts)
-        deadline = time.monotonic() + timeout_s
-        while ends:
-            if time.monotonic() > deadline:
-                raise RetryableError(
-                    f"reading {topic!r} took longer than {timeout_s:.0f} s (partitions left {sorted(ends)})"
-                )
-            for msg in consumer.consume(500, timeout=0.5):
-                p = msg.partition()
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF and p in ends and (msg.offset() or 0) >= ends[p]:
-                        del ends[p]
-                    continue
-                if p not in ends:
-                    continue
-                offset = msg.offset() or 0
-                if offset < ends[p]:
-                    ts_type, ts = msg.timestamp()
-                    out.append(
-                        TopicRecord(msg.value(), ts if ts_type else None, _headers(msg.headers()), p or 0, offset)
-                    )
-                if offset >= ends[p] - 1:
-                    del ends[p]
-        log.info("read topic=%s records=%d", topic, len(out))
-        return out
-    finally:
-        consumer.close()
-
-
-def _headers(raw: Any) -> dict[str, str]:
-    """Consumed Kafka headers (a list of name/bytes pairs, or ``None``) as a ``str → str`` dict."""
-    items = raw.items() if isinstance(raw, dict) else (raw or [])
-    out: dict[str, str] = {}
-    for name, value in items:
-        out[name] = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value or "")
-    return out
 
 
 def run_from_records(

@@ -37,7 +37,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,7 +55,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from workers.errors import PromptTooLargeError, RagError, RetryableError, ServiceUnavailableError
+from workers.errors import ConfigError, PromptTooLargeError, RagError, RetryableError, ServiceUnavailableError
 from workers.messages import DeadLetter
 from workers.serde import encode, headers_to_dict
 from workers.settings import KafkaSettings
@@ -818,6 +818,89 @@ def consume_available(consumer: Consumer, n: int, timeout_s: float) -> list[Mess
 
 def _fmt(partitions: list[TopicPartition]) -> str:
     return ",".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+
+
+# --------------------------------------------------------------------------- group-less reads
+
+
+@dataclass(frozen=True)
+class TopicRecord:
+    """One record read from a topic: value bytes, Kafka timestamp (ms since the epoch), headers, position."""
+
+    value: bytes | None
+    timestamp_ms: int | None
+    headers: Mapping[str, str]
+    partition: int = 0
+    offset: int = 0
+
+
+def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 120.0) -> list[TopicRecord]:
+    """Every record of a topic up to the high watermarks captured at the start, without a consumer group.
+
+    The partitions are *assigned* at their low watermarks (``assign``, no ``subscribe``), nothing is
+    committed, and the throwaway ``group.id`` librdkafka wants is never joined.
+
+    Args:
+        kafka: connection settings.
+        topic: the topic.
+        timeout_s: seconds allowed to read the range.
+
+    Raises:
+        ConfigError: the topic does not exist.
+        RetryableError: the range was not read within ``timeout_s``.
+    """
+    conf = base_config(kafka)
+    conf.update(
+        {
+            "group.id": f"ragstream-read-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    consumer = Consumer(conf)
+    try:
+        meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise ConfigError(f"topic {topic!r} not found (wrong run name or prefix?)")
+        ends: dict[int, int] = {}
+        starts: list[Any] = []
+        for p in sorted(meta.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0, cached=False)
+            if high > low:
+                ends[p] = high
+                starts.append(TopicPartition(topic, p, low))
+        out: list[TopicRecord] = []
+        if not starts:
+            return out
+        consumer.assign(starts)
+        deadline = time.monotonic() + timeout_s
+        while ends:
+            if time.monotonic() > deadline:
+                raise RetryableError(
+                    f"reading {topic!r} took longer than {timeout_s:.0f} s (partitions left {sorted(ends)})"
+                )
+            for msg in consumer.consume(500, timeout=0.5):
+                p = msg.partition()
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF and p in ends and (msg.offset() or 0) >= ends[p]:
+                        del ends[p]
+                    continue
+                if p not in ends:
+                    continue
+                offset = msg.offset() or 0
+                if offset < ends[p]:
+                    ts_type, ts = msg.timestamp()
+                    headers = headers_to_dict(msg.headers())  # type: ignore[arg-type]  # consumed: a list
+                    out.append(TopicRecord(msg.value(), ts if ts_type else None, headers, p or 0, offset))
+                if offset >= ends[p] - 1:
+                    del ends[p]
+        log.info("read topic=%s records=%d", topic, len(out))
+        return out
+    finally:
+        consumer.close()
 
 
 def committed_offsets(

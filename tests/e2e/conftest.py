@@ -9,18 +9,16 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
+from workers.kafka import read_topic
 from workers.messages import Response
 from workers.serde import decode
-from workers.settings import Settings, load_settings
+from workers.settings import KafkaSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 QUESTIONS = ROOT.parent / "shared" / "data" / "questions_public.jsonl"
@@ -55,22 +53,9 @@ def settings_for(env: Mapping[str, str]) -> Settings:
 
 
 def responses_in_topic(bootstrap: str, topic: str) -> list[Response]:
-    """Every Response in a topic, read with ``assign`` (no consumer group)."""
-    c = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False}
-    )
-    meta = c.list_topics(topic, timeout=10).topics[topic]
-    tps = [TopicPartition(topic, p, 0) for p in meta.partitions]
-    total = sum(c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
-    c.assign(tps)
-    out: list[Response] = []
-    deadline = time.monotonic() + 30
-    while len(out) < total and time.monotonic() < deadline:
-        for m in c.consume(500, timeout=0.5):
-            if m.error() is None:
-                out.append(decode(m.value(), Response))
-    c.close()
-    return out
+    """Every Response in a topic, read with ``assign`` (no consumer group; :func:`workers.kafka.read_topic`)."""
+    records = read_topic(KafkaSettings(bootstrap_servers=bootstrap), topic, timeout_s=30)
+    return [decode(r.value, Response) for r in records]
 
 
 def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
