@@ -32,30 +32,20 @@ from __future__ import annotations
 import logging
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from workers.errors import ConfigError, RagError
 from workers.settings import KafkaSettings, Settings
+from workers.supervisor import WORKERS, WorkerProcesses
 
 log = logging.getLogger(__name__)
 
-#: Worker processes of a shadow pipeline, in start order.
-WORKERS = ("retriever", "generator", "monitor")
-#: A line each worker logs once it consumes (the loop's assignment, the monitor's start).
-READY_MARKERS = {
-    "retriever": "assigned role=retriever",
-    "generator": "assigned role=generator",
-    "monitor": "monitor started",
-}
 #: Settings a shadow run may not override (they decide which topics and groups it touches).
 FORBIDDEN = ("topics.", "worker.group_id", "monitor.app_id", "generator.answer_table")
 #: Inherited variables removed from the workers' environment (they could point at live groups).
@@ -194,121 +184,30 @@ def plan_shadow(
     return ShadowPlan(run=run, prefix=prefix, env=env, trace_table=table, workers=workers)
 
 
-def worker_env(base_env: Mapping[str, str], plan: ShadowPlan, worker: str) -> dict[str, str]:
-    """The environment of one shadow worker: ``base_env`` without group overrides, plus the plan's variables.
-
-    The retriever gets ``HF_HUB_OFFLINE=1`` (its model loads from a local folder); the others must not have
-    it (huggingface_hub then refuses every HTTP call, the LLM server's included).
-    """
+def worker_env(base_env: Mapping[str, str], plan: ShadowPlan) -> dict[str, str]:
+    """The environment of the shadow workers: ``base_env`` without group overrides, plus the plan's variables
+    (:func:`workers.supervisor.process_env` then sets ``HF_HUB_OFFLINE`` per worker)."""
     env = {k: v for k, v in base_env.items() if k not in REMOVED_ENV}
-    env["PYTHONUNBUFFERED"] = "1"
     env.update(plan.env)
-    if worker == "retriever":
-        env["HF_HUB_OFFLINE"] = "1"
-    else:
-        env.pop("HF_HUB_OFFLINE", None)
     return env
 
 
-@dataclass
-class _Proc:
-    worker: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-@dataclass
-class ShadowPipeline:
-    """The worker subprocesses of one shadow run.
+def shadow_processes(plan: ShadowPlan, base_env: Mapping[str, str], log_dir: Path) -> WorkerProcesses:
+    """The worker processes of one shadow run (one of each of ``plan.workers``, logs ``<worker>.log``).
 
     Args:
         plan: what to start (:func:`plan_shadow`).
         base_env: the environment the workers inherit (the CLI passes its own).
-        log_dir: folder of the worker logs (``<worker>.log``).
+        log_dir: folder of the worker logs.
     """
-
-    plan: ShadowPlan
-    base_env: Mapping[str, str]
-    log_dir: Path
-    procs: list[_Proc] = field(default_factory=list)
-
-    def start(self) -> None:
-        """Start every worker (returns at once; see :meth:`wait_ready`)."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        for worker in self.plan.workers:
-            path = self.log_dir / f"{worker}.log"
-            with path.open("ab") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "workers.cli", "run", worker],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=worker_env(self.base_env, self.plan, worker),
-                    start_new_session=True,
-                )
-            self.procs.append(_Proc(worker, proc, path))
-            log.info("shadow worker started run=%s worker=%s pid=%d log=%s", self.plan.run, worker, proc.pid, path)
-
-    def check_alive(self) -> None:
-        """Raise when a worker has exited.
-
-        Raises:
-            ShadowError: names the worker, its exit code and the end of its log.
-        """
-        for p in self.procs:
-            if p.proc.poll() is not None:
-                raise ShadowError(
-                    f"shadow {p.worker} exited with {p.proc.returncode}; log {p.log_path}:\n{p.log_tail()}"
-                )
-
-    def wait_ready(self, timeout_s: float = 300.0, stop: Any = None) -> None:
-        """Wait until every worker logged its ready marker.
-
-        Args:
-            timeout_s: seconds allowed (model loading included).
-            stop: an object with ``is_set()`` to give up early (Ctrl-C / SIGTERM).
-
-        Raises:
-            ShadowError: a worker exited or was not ready in time.
-        """
-        deadline = time.monotonic() + timeout_s
-        waiting = list(self.procs)
-        while waiting and not (stop is not None and stop.is_set()):
-            self.check_alive()
-            for p in list(waiting):
-                try:
-                    if READY_MARKERS[p.worker] in p.log_path.read_text(encoding="utf-8", errors="replace"):
-                        waiting.remove(p)
-                except OSError:
-                    pass
-            if waiting and time.monotonic() > deadline:
-                names = ", ".join(f"{p.worker} ({p.log_path})" for p in waiting)
-                raise ShadowError(f"shadow workers not ready after {timeout_s:.0f} s: {names}")
-            time.sleep(0.2)
-
-    def stop(self, timeout_s: float = 40.0) -> dict[str, int | None]:
-        """SIGTERM every worker, SIGKILL those alive after ``timeout_s``; returns the exit codes."""
-        for p in self.procs:
-            if p.proc.poll() is None:
-                p.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        codes: dict[str, int | None] = {}
-        for p in self.procs:
-            try:
-                p.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("shadow %s did not stop within %.0f s; killing", p.worker, timeout_s)
-                p.proc.kill()
-                p.proc.wait(5)
-            codes[p.worker] = p.proc.returncode
-        self.procs.clear()
-        return codes
+    return WorkerProcesses(
+        env=worker_env(base_env, plan),
+        log_dir=log_dir,
+        replicas={w: 1 for w in plan.workers},
+        inherit=False,
+        log_name="{worker}.log",
+        error=ShadowError,
+    )
 
 
 class ResponseCounter:
@@ -481,7 +380,7 @@ def run_shadow(
     ensure_shadow_topics(settings, plan.prefix, topics_file)
     stop = _StopFlag()
     old_term = signal.signal(signal.SIGTERM, stop.set)
-    pipeline = ShadowPipeline(plan, base_env, log_dir)
+    pipeline = shadow_processes(plan, base_env, log_dir)
     counter: ResponseCounter | None = None
     reason = "interrupted"
     codes: dict[str, int | None] = {}
@@ -515,7 +414,7 @@ def run_shadow(
         signal.signal(signal.SIGTERM, old_term)
         if counter is not None:
             counter.close()
-        codes = pipeline.stop()
+        codes = {name.rsplit("-", 1)[0]: code for name, code in pipeline.stop().items()}
     return ShadowResult(
         run=plan.run,
         prefix=plan.prefix,

@@ -43,6 +43,7 @@ from workers.messages import Provenance, Request, Response, Source, Usage
 from workers.serde import encode
 from workers.settings import Settings
 from workers.shadow import parse_overrides, plan_shadow, trace_table_name, worker_env
+from workers.supervisor import process_env
 
 
 def _ids(n: int) -> list[uuid.UUID]:
@@ -467,8 +468,8 @@ def test_plan_shadow_never_points_at_live_topics_or_groups() -> None:
         "RAG_TOPICS__PREFIX": "",
         "PATH": "/bin",
     }
-    r = worker_env(base, plan, "retriever")
-    g = worker_env(base, plan, "generator")
+    r = process_env(worker_env(base, plan), "retriever")
+    g = process_env(worker_env(base, plan), "generator")
     assert "RAG_WORKER__GROUP_ID" not in r and "RAG_WORKER__GROUP_ID" not in g
     assert r["HF_HUB_OFFLINE"] == "1" and "HF_HUB_OFFLINE" not in g
     assert g["RAG_TOPICS__PREFIX"] == "rag.eval.k3-concise." and g["PATH"] == "/bin"
