@@ -215,40 +215,10 @@ class SimulatedLLM:
 @pytest.fixture(scope="session")
 def sim_llm_server() -> Iterator[SimulatedLLM]:
     """One simulated LLM server process per session on a free port (no model, filler tokens)."""
-    import socket
-    import subprocess
-    import sys
+    from tests.llm_helpers import simulated_server
 
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devstack.tgi", "--engine", "simulated", "--port", str(port),
-         "--max-input-tokens", "3072", "--max-total-tokens", "4096", "--log-level", "warning"],
-        cwd=REPO_ROOT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"simulated LLM server did not start (exit status {proc.poll()})")
-            time.sleep(0.1)
+    with simulated_server(max_input_tokens=3072, max_total_tokens=4096) as (url, proc):
         yield SimulatedLLM(url, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture

@@ -7,10 +7,6 @@ resets its faults, settings and counters through the admin API first.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -26,47 +22,15 @@ from huggingface_hub.errors import (
     ValidationError,
 )
 
-from devstack.stack import REPO_ROOT
+from tests.llm_helpers import simulated_server
 
 DEFAULTS: dict[str, Any] = {"ttft_ms": 100, "per_token_ms": 20, "capacity": 4, "max_concurrent_requests": 32}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def sim_url() -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devstack.tgi", "--engine", "simulated", "--port", str(port),
-         "--max-input-tokens", "64", "--max-total-tokens", "128", "--log-level", "warning"],
-        env=env,
-        cwd=REPO_ROOT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"simulated server did not start (exit status {proc.poll()})")
-            time.sleep(0.1)
+    with simulated_server(max_input_tokens=64, max_total_tokens=128, start_timeout_s=30) as (url, _proc):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
