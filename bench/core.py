@@ -71,6 +71,8 @@ class Row:
         ok: whether the target is met (None: no target for this line).
         note: other figures (recall, p99, tokens/s).
         ratio: ``a.median / b.median`` unless given.
+        min_ratio: a "ratio at least" target: when given, ``target`` defaults to ``">= <min_ratio>"`` and
+            ``ok`` is ``ratio >= min_ratio`` (a NaN ratio is not met).
     """
 
     bench: str
@@ -81,10 +83,14 @@ class Row:
     ok: bool | None = None
     note: str = ""
     ratio: float | None = None
+    min_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.ratio is None:
             self.ratio = self.a.median / self.b.median if self.b.median else float("nan")
+        if self.min_ratio is not None:
+            self.target = self.target or f">= {self.min_ratio}"
+            self.ok = (self.ratio or 0.0) >= self.min_ratio
 
 
 def alternate(
