@@ -436,8 +436,10 @@ class WorkerLoop:
         self._consumer_paused = False  # what the poll thread applied
         #: Set by the assign callback: the poll thread resumes the new assignment (see :meth:`_poll`).
         self._assigned_since_poll = False
-        #: Set (from any thread) when a message finishes, so a loop waiting at the bound wakes up.
+        #: Set (from any thread) when a message finishes while the loop waits at the bound, to wake it up;
+        #: ``_waiting_capacity`` says whether it waits, so finishes in normal running do not wake the loop.
         self._capacity = asyncio.Event()
+        self._waiting_capacity = False
         #: Offsets to store, queued by delivery callbacks and applied by the poll thread: the consumer is only
         #: ever called from that one thread (confluent-kafka 2.16 serializes calls on a handle, so a call from
         #: another thread would wait for a running consume()).
@@ -559,12 +561,15 @@ class WorkerLoop:
     async def _wait_capacity(self, timeout_s: float) -> None:
         """Wait until a message finishes (or ``timeout_s``, at most 0.1 s so a stop request is seen)."""
         self._capacity.clear()
-        if self.tracker.in_flight() < self.config.max_in_flight:
-            return
+        self._waiting_capacity = True  # before the check: a finish after it sees the flag and wakes us
         try:
+            if self.tracker.in_flight() < self.config.max_in_flight:
+                return
             await asyncio.wait_for(self._capacity.wait(), timeout=min(timeout_s, 0.1))
         except TimeoutError:
             pass
+        finally:
+            self._waiting_capacity = False
 
     def _set_paused(self, pause: bool) -> None:
         if pause != self._paused:
@@ -741,7 +746,7 @@ class WorkerLoop:
         if next_offset is not None:
             self._to_store.append(TopicPartition(inc.topic, inc.partition, next_offset))
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if self._waiting_capacity and loop is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(self._capacity.set)
             except RuntimeError:  # the loop closed meanwhile (a late delivery report at shutdown)
