@@ -36,7 +36,7 @@ from bench.env import BenchEnv, questions
 from bench.flows import burst, open_loop, pipeline_loop
 from devstack.stack import REPO_ROOT
 from workers.client import RagClient
-from workers.messages import Response
+from workers.contracts.messages import Response
 from workers.settings import KafkaSettings
 
 SERVICES = ("kafka", "postgres", "llm")

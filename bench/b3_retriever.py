@@ -6,8 +6,8 @@ a retriever (no generator), and the time from the first send to the ``n``-th Pro
 measured (:class:`bench.flows.StageFeed`). The worker decodes, embeds a micro-batch in one forward pass,
 searches pgvector per query, builds and encodes the prompt and produces it; its input and output both go
 through Kafka. In-process side: the same queries, cut into batches of ``RAG_WORKER__BATCH_MAX`` (32),
-embedded with the same :class:`~workers.retriever.embedding.Embedder` settings and searched with the same
-:class:`~workers.retriever.store.VectorStore` query (``top_k`` 5, ``ef_search`` 80) as the worker runs it:
+embedded with the same :class:`~workers.adapters.embedding.Embedder` settings and searched with the same
+:class:`~workers.adapters.pgvector.VectorStore` query (``top_k`` 5, ``ef_search`` 80) as the worker runs it:
 ``search_many`` of the batch (one connection, one transaction), in this process: no Kafka, no decoding, no
 prompt building.
 
@@ -33,12 +33,13 @@ TARGET_BATCHING = 3.0
 
 def _in_process(env: BenchEnv, queries: list[str], n: int, meter: CpuMeter) -> Any:
     """A callable measuring one in-process run of ``n`` queries (embedding + search, batches of 32)."""
-    from workers.retriever.embedding import Embedder
-    from workers.retriever.store import VectorStore, open_pool
+    from workers.adapters.embedding import Embedder
+    from workers.adapters.pgvector import VectorStore
+    from workers.adapters.postgres import open_pool
 
     settings = env.settings_for("bench-inproc.")
     embedder = Embedder.from_settings(settings.embedding)
-    pool = open_pool(env.stack.database_url, min_size=1, max_size=1)
+    pool = open_pool(env.stack.database_url, min_size=1, max_size=1, vector=True)
     store = VectorStore(pool, table=CORPUS_TABLE, dimension=embedder.dimension)
     ef, k = settings.retriever.ef_search, settings.retriever.top_k
 

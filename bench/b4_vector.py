@@ -50,11 +50,12 @@ def _queries(x: np.ndarray, q: int, seed: int = 12) -> np.ndarray:
 
 
 def _load(env: BenchEnv, table: str, x: np.ndarray) -> None:
-    from workers.retriever.store import ChunkRow, VectorStore, open_pool
+    from workers.adapters.pgvector import ChunkRow, VectorStore
+    from workers.adapters.postgres import open_pool
 
     # A bigger maintenance_work_mem lets pgvector build the whole graph in memory (much faster).
     url = env.stack.database_url + "?options=-c%20maintenance_work_mem%3D1GB"
-    pool = open_pool(url, min_size=1, max_size=1)
+    pool = open_pool(url, min_size=1, max_size=1, vector=True)
     try:
         store = VectorStore(pool, table=table, dimension=DIM)
         with pool.connection() as conn:
@@ -89,7 +90,8 @@ def _load(env: BenchEnv, table: str, x: np.ndarray) -> None:
 
 def run(env: BenchEnv, *, quick: bool, runs: int, options: dict[str, Any]) -> list[Row]:
     """Measure B4 and return one row per ``ef_search``."""
-    from workers.retriever.store import VectorStore, open_pool
+    from workers.adapters.pgvector import VectorStore
+    from workers.adapters.postgres import open_pool
 
     n = int(options.get("vectors") or (20_000 if quick else 100_000))
     table = f"bench_vectors_{n}"
@@ -99,7 +101,7 @@ def run(env: BenchEnv, *, quick: bool, runs: int, options: dict[str, Any]) -> li
     qs = _queries(x, 400)
     truth = np.argsort(-(qs @ x.T), axis=1)[:, :K]
     meter = CpuMeter(env.service_pids("postgres"))
-    pool = open_pool(env.stack.database_url, min_size=1, max_size=1)
+    pool = open_pool(env.stack.database_url, min_size=1, max_size=1, vector=True)
     rows: list[Row] = []
     try:
         store = VectorStore(pool, table=table, dimension=DIM)

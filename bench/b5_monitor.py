@@ -27,7 +27,7 @@ from bench.core import CpuMeter, Row, Run, Side, alternate
 from bench.env import BenchEnv, questions
 from bench.flows import burst
 from workers.client import RagClient
-from workers.messages import ChatMessage, Passage, Prompt, Request, Response, Source, Usage
+from workers.contracts.messages import ChatMessage, Passage, Prompt, Request, Response, Source, Usage
 from workers.monitor.join import (
     KINDS,
     OWNED_COLUMNS,
@@ -94,7 +94,7 @@ def _events(n: int) -> list[list[TraceUpdate]]:
 def _sink_rows(env: BenchEnv, quick: bool, runs: int) -> Row:
     from psycopg_pool import ConnectionPool
 
-    from workers.monitor.recorder import TraceRecorder
+    from workers.adapters.traces import TraceRecorder
 
     n = 1000 if quick else 5000
     tag = uuid.uuid4().hex[:6]

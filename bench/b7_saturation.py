@@ -2,7 +2,7 @@
 
 The simulated server generates at most ``capacity`` requests at once (12) and answers 429 above
 ``max_concurrent_requests`` (24); the generator is told neither. Many closed-loop callers (48, more than any
-limit) keep the generator's LLM client (:class:`workers.generator.llm.LLMClient`, the code the generator
+limit) keep the generator's LLM client (:class:`workers.adapters.llm_server.LLMClient`, the code the generator
 worker calls, with its retries) saturated for a fixed time; the figure is completed answers per second. A
 sweep over fixed limits picks the best one; then the adaptive client (a fresh limiter every run, so each run
 includes finding the limit) and the best fixed one alternate.
@@ -16,8 +16,8 @@ from typing import Any
 
 from bench.core import CpuMeter, Row, Run, Side, alternate
 from bench.env import BenchEnv
-from workers.generator.llm import LLMClient, LLMRetryableError
-from workers.messages import ChatMessage, GenerationParams
+from workers.adapters.llm_server import LLMClient, LLMRetryableError
+from workers.contracts.messages import ChatMessage, GenerationParams
 from workers.settings import LLMSettings
 
 SERVICES = ("llm",)

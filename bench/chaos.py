@@ -54,19 +54,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
 
 from devstack.pipeline import Pipeline, WorkerProcess
 from devstack.stack import REPO_ROOT, Stack, StackConfig
 from workers.client import RagClient
-from workers.dlq import DeadLetterRecord, read_dead_letters
-from workers.kafka import TopicRecord, base_config, producer_config
-from workers.kafka import read_topic as kafka_read_topic
-from workers.messages import DeadLetter, GenerationParams, Request, Response
-from workers.serde import decode
+from workers.contracts.messages import DeadLetter, GenerationParams, Request, Response
+from workers.contracts.serde import decode
+from workers.contracts.topics import load_topics
+from workers.evaluation.dlq import DeadLetterRecord, read_dead_letters
+from workers.kafka.admin import admin_client, apply_topics
+from workers.kafka.producer import KafkaProducer
+from workers.kafka.reader import TopicRecord
+from workers.kafka.reader import read_topic as kafka_read_topic
 from workers.settings import KafkaSettings, Settings, load_settings
-from workers.topics import apply_topics, load_topics
 
 log = logging.getLogger("bench.chaos")
 
@@ -203,15 +203,16 @@ def ingest_corpus(stack: Stack, table: str, docs: int) -> str:
     """
     code = (
         "import sys\n"
-        "from workers.retriever.embedding import Embedder\n"
+        "from workers.adapters.embedding import Embedder\n"
         "from workers.retriever.ingest import ingest, python_docs_documents\n"
-        "from workers.retriever.store import VectorStore, open_pool\n"
+        "from workers.adapters.pgvector import VectorStore\n"
+        "from workers.adapters.postgres import open_pool\n"
         "from workers.settings import load_settings\n"
         "s = load_settings()\n"
         "n = int(sys.argv[1])\n"
         "docs = python_docs_documents()\n"
         "docs = docs[:n] if n else docs\n"
-        "pool = open_pool(s.database_url.get_secret_value(), min_size=1, max_size=2)\n"
+        "pool = open_pool(s.database_url.get_secret_value(), min_size=1, max_size=2, vector=True)\n"
         "emb = Embedder.from_settings(s.embedding)\n"
         "store = VectorStore(pool, table=s.retriever.table, dimension=emb.dimension)\n"
         "r = ingest(docs, emb, store, progress=False)\n"
@@ -427,11 +428,11 @@ class ChaosRun:
     def create_topics(self) -> None:
         """Create the four topics of topics.yaml under the run's prefix."""
         spec = load_topics(REPO_ROOT / "topics.yaml").with_prefix(self.prefix)
-        apply_topics(AdminClient(base_config(self.settings.kafka)), spec)
+        apply_topics(admin_client(self.settings.kafka), spec)
 
     def delete_topics(self) -> None:
         """Delete the run's topics (best effort)."""
-        admin = AdminClient(base_config(self.settings.kafka))
+        admin = admin_client(self.settings.kafka)
         try:
             names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.prefix)]
             if names:
@@ -459,7 +460,7 @@ class ChaosRun:
         httpx.post(self.stack.llm_url + "/admin/faults", json=[rule], timeout=10).raise_for_status()
         self.event(f"LLM server answers 503 loading for {s:.0f}s")
 
-    def inject_malformed(self, producer: Producer, burst: int, bursts: int) -> None:
+    def inject_malformed(self, producer: KafkaProducer, burst: int, bursts: int) -> None:
         """Produce this burst's share of malformed messages (every kind) to the requests topic."""
         topic = self.settings.topics.name("requests")
         n = self.opts.malformed_per_kind
@@ -470,14 +471,8 @@ class ChaosRun:
                 marker = f"bad-{kind}-{i}"
                 value = malformed_value(kind, marker, self.opts.oversize_bytes, self.rng)
                 self.injected[marker] = (kind, value)
-                while True:
-                    try:
-                        producer.produce(topic, value=value, key=marker, headers=[("chaos_marker", marker)])
-                        break
-                    except BufferError:
-                        producer.poll(0.1)
+                producer.produce(topic, value, marker, [("chaos_marker", marker)])
                 count += 1
-        producer.poll(0)
         self.event(f"injected {count} malformed messages (burst {burst + 1}/{bursts})")
 
     def schedule(self) -> list[tuple[float, str, Callable[[], None]]]:
@@ -497,7 +492,7 @@ class ChaosRun:
         if self.opts.llm_outage_s > 0:
             out.append((rnd(0.1, 0.7) * span, "LLM 503 window", self._outage))
         bursts = max(1, min(5, self.opts.malformed_per_kind))
-        producer = Producer(producer_config(self.settings.kafka, **{"message.max.bytes": 8_000_000}))
+        producer = KafkaProducer(self.settings.kafka, overrides={"message.max.bytes": 8_000_000})
         self._malformed_producer = producer
         for b in range(bursts):
             out.append(

@@ -171,9 +171,10 @@ class BenchEnv:
         """
         from pydoc_data.topics import topics
 
-        from workers.retriever.store import ChunkRow, VectorStore, open_pool
+        from workers.adapters.pgvector import ChunkRow, VectorStore
+        from workers.adapters.postgres import open_pool
 
-        pool = open_pool(self.stack.database_url, min_size=1, max_size=2)
+        pool = open_pool(self.stack.database_url, min_size=1, max_size=2, vector=True)
         try:
             store = VectorStore(pool, table=CORPUS_TABLE, dimension=384)
             store.ensure_schema()

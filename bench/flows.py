@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from workers.adapters.llm_server import LLMClient
 from workers.client import RagClient
-from workers.generator.llm import LLMClient
-from workers.kafka import consume_available
-from workers.messages import ChatMessage, GenerationParams, Prompt, Request, Response
-from workers.serde import decode, encode
+from workers.contracts.messages import ChatMessage, GenerationParams, Prompt, Request, Response
+from workers.contracts.serde import decode, encode
+from workers.kafka.reader import consume_available
 from workers.settings import LLMSettings
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from bench.env import bench_env, questions
 from bench.flows import pipeline_loop
 from workers.client import RagClient
-from workers.messages import Request
+from workers.contracts.messages import Request
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import _proc
-from workers.errors import RagError
+from workers.contracts.errors import RagError
 
 logger = logging.getLogger(__name__)
 

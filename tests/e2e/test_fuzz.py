@@ -26,15 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 from psycopg import sql
 from pydantic import BaseModel
 
 from devstack.pipeline import Pipeline
 from workers.client import RagClient
-from workers.dlq import DeadLetterRecord, read_dead_letters
-from workers.kafka import producer_config
-from workers.messages import (
+from workers.contracts.messages import (
     ChatMessage,
     DeadLetter,
     ErrorInfo,
@@ -44,7 +42,9 @@ from workers.messages import (
     Response,
     Source,
 )
-from workers.serde import decode
+from workers.contracts.serde import decode
+from workers.evaluation.dlq import DeadLetterRecord, read_dead_letters
+from workers.kafka.producer import KafkaProducer
 from workers.settings import Settings
 
 #: Messages produced per logical topic (10,000 in all).
@@ -318,7 +318,7 @@ def test_fuzz_every_input_topic(
                 return
             sent[(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)] = msg.topic() or ""
 
-        producer = Producer(producer_config(settings.kafka, **{"linger.ms": 20, "message.max.bytes": 2_000_000}))
+        producer = KafkaProducer(settings.kafka, overrides={"linger.ms": 20, "message.max.bytes": 2_000_000})
         kinds: Counter[str] = Counter()
         t0 = time.monotonic()
         for topic, n in SHARE.items():
@@ -327,13 +327,7 @@ def test_fuzz_every_input_topic(
                 kind, value = fuzzer.make(topic)
                 kinds[kind] += 1
                 headers = [*fuzzer.headers(), ("fuzz_kind", kind)]
-                while True:
-                    try:
-                        producer.produce(name, value=value, key=fuzzer.key(), headers=headers, on_delivery=on_delivery)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-                producer.poll(0)
+                producer.produce(name, value, fuzzer.key(), headers, on_delivery)
         assert producer.flush(60) == 0
         assert not failures, failures[:5]
         assert len(sent) == sum(SHARE.values())

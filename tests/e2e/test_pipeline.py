@@ -16,7 +16,7 @@ import psycopg
 from devstack.pipeline import Pipeline
 from tests.e2e.conftest import responses_in_topic
 from workers.client import RagClient
-from workers.messages import Request
+from workers.contracts.messages import Request
 from workers.settings import Settings
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from workers.retriever.embedding import Embedder
+from workers.adapters.embedding import Embedder
 from workers.settings import EmbeddingSettings
 
 

@@ -11,15 +11,18 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
 from tests.kafka_helpers import committed_and_end, drain, produce
-from workers.generator.answers import PgAnswerStore
-from workers.generator.app import GeneratorMetrics, GeneratorService, build_llm, open_async_pool
-from workers.kafka import LoopConfig, WorkerLoop, build_loop_metrics, consumer_config, producer_config
-from workers.messages import ChatMessage, DeadLetter, Prompt, Request, Response
-from workers.serde import decode, encode
+from workers.adapters.answers import PgAnswerStore
+from workers.adapters.postgres import open_async_pool
+from workers.contracts.messages import ChatMessage, DeadLetter, Prompt, Request, Response
+from workers.contracts.serde import decode, encode
+from workers.generator.app import GeneratorMetrics, GeneratorService, build_llm
+from workers.kafka.config import consumer_config
+from workers.kafka.loop import LoopConfig, WorkerLoop, build_loop_metrics
+from workers.kafka.producer import KafkaProducer
 from workers.settings import GeneratorSettings, KafkaSettings, LLMSettings, Settings, TopicSettings
 
 
@@ -79,7 +82,7 @@ class Harness:
                 shutdown_timeout_s=10,
             ),  # fmt: skip
             Consumer(consumer_config(self.settings.kafka, self.group)),
-            Producer(producer_config(self.settings.kafka)),
+            KafkaProducer(self.settings.kafka, poll_after_produce=False),
             service.handle,
             self.loop_metrics,
         )

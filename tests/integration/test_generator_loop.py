@@ -15,11 +15,13 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from workers.adapters.llm_server import LLMClient
+from workers.contracts.messages import ChatMessage, DeadLetter, Prompt, Request, Response
+from workers.contracts.serde import decode, encode
 from workers.generator.app import GeneratorMetrics, GeneratorService
-from workers.generator.llm import LLMClient
-from workers.kafka import LoopConfig, WorkerLoop, build_loop_metrics, consumer_config, producer_config
-from workers.messages import ChatMessage, DeadLetter, Prompt, Request, Response
-from workers.serde import decode, encode
+from workers.kafka.config import consumer_config
+from workers.kafka.loop import LoopConfig, WorkerLoop, build_loop_metrics
+from workers.kafka.producer import KafkaProducer
 from workers.settings import KafkaSettings, LLMSettings, Settings, TopicSettings
 
 
@@ -97,7 +99,7 @@ def test_generator_answers_each_prompt_once_and_dead_letters_bad_ones(
                 shutdown_timeout_s=10,
             ),
             Consumer(consumer_config(settings.kafka, group)),
-            Producer(producer_config(settings.kafka)),
+            KafkaProducer(settings.kafka, poll_after_produce=False),
             service.handle,
             build_loop_metrics(registry, role="generator"),
         )

@@ -9,11 +9,12 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from workers.retriever.embedding import Embedder, EmbedResult
+from workers.adapters.embedding import Embedder, EmbedResult
+from workers.adapters.llm_server import ServerTokenizeCounter, fetch_server_limits
+from workers.adapters.pgvector import VectorStore
+from workers.adapters.postgres import open_pool
 from workers.retriever.ingest import chunk_text, ingest, python_docs_documents
 from workers.retriever.prompt import build_prompt, get_template
-from workers.retriever.store import VectorStore, open_pool
-from workers.retriever.tokens import ServerTokenizeCounter, fetch_server_limits
 from workers.settings import EmbeddingSettings
 
 
@@ -40,7 +41,7 @@ def embedder() -> Iterator[Embedder]:
 
 @pytest.fixture
 def store(stack, unique: str) -> Iterator[VectorStore]:  # type: ignore[no-untyped-def]  # stack: conftest
-    pool: ConnectionPool = open_pool(stack.database_url, min_size=1, max_size=2)
+    pool: ConnectionPool = open_pool(stack.database_url, min_size=1, max_size=2, vector=True)
     s = VectorStore(pool, table=f"docs_{unique}", dimension=384)
     yield s
     with pool.connection() as conn:

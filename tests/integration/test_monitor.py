@@ -26,9 +26,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg_pool import ConnectionPool
 
-from workers.messages import ChatMessage, DeadLetter, Passage, Prompt, Request, Response, Usage
-from workers.monitor.recorder import TraceRecorder
-from workers.serde import encode
+from workers.adapters.traces import TraceRecorder
+from workers.contracts.messages import ChatMessage, DeadLetter, Passage, Prompt, Request, Response, Usage
+from workers.contracts.serde import encode
 from workers.settings import Settings, TopicSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -18,10 +18,11 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from workers.kafka import committed_offsets
-from workers.messages import Request
-from workers.replay import build_plan, replay
-from workers.serde import encode
+from workers.contracts.messages import Request
+from workers.contracts.serde import encode
+from workers.evaluation.replay import replay
+from workers.evaluation.replay_plan import build_plan
+from workers.kafka.reader import committed_offsets
 from workers.settings import KafkaSettings, Settings, TopicSettings
 
 CLI = [sys.executable, "-m", "workers.cli"]

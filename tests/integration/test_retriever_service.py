@@ -12,15 +12,17 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from workers.kafka import Incoming
-from workers.messages import DeadLetter, Prompt, Request, Response
+from workers.adapters.embedding import Embedder
+from workers.adapters.llm_server import ServerTokenizeCounter, fetch_server_limits
+from workers.adapters.pgvector import ChunkRow, VectorStore
+from workers.adapters.postgres import open_pool
+from workers.adapters.tokenizers import LocalTokenizerCounter
+from workers.contracts.messages import DeadLetter, Prompt, Request, Response
+from workers.contracts.serde import decode, encode
 from workers.retriever.app import RetrieverMetrics, RetrieverService
-from workers.retriever.embedding import Embedder
 from workers.retriever.ingest import content_hash
-from workers.retriever.store import ChunkRow, VectorStore, open_pool
-from workers.retriever.tokens import LocalTokenizerCounter, ServerTokenizeCounter, fetch_server_limits
-from workers.serde import decode, encode
 from workers.settings import EmbeddingSettings, KafkaSettings, RetrieverSettings, Settings
+from workers.stream.records import Incoming
 
 QUERY = "What does the assert statement do when its condition is false?"
 
@@ -41,7 +43,7 @@ def test_huge_first_ranked_passage_is_capped_then_too_large_output_is_dead_lette
     stack: Any, embedder: Embedder, unique: str
 ) -> None:
     table = f"big_{unique}"
-    pool = open_pool(stack.database_url, max_size=2)
+    pool = open_pool(stack.database_url, max_size=2, vector=True)
     try:
         store = VectorStore(pool, table=table, dimension=embedder.dimension)
         store.ensure_schema(embedder.model_name)

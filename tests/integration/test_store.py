@@ -12,13 +12,14 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from workers.errors import DimensionMismatchError, ServiceUnavailableError
-from workers.retriever.store import ChunkRow, VectorStore, open_pool
+from workers.adapters.pgvector import ChunkRow, VectorStore
+from workers.adapters.postgres import open_pool
+from workers.contracts.errors import DimensionMismatchError, ServiceUnavailableError
 
 
 @pytest.fixture(scope="module")
 def pool(stack) -> Iterator[ConnectionPool]:  # type: ignore[no-untyped-def]  # stack: conftest fixture
-    p = open_pool(stack.database_url, min_size=1, max_size=4)
+    p = open_pool(stack.database_url, min_size=1, max_size=4, vector=True)
     yield p
     p.close()
 
@@ -208,7 +209,7 @@ def test_unreachable_database_fails_fast_with_one_line() -> None:
     with socket_closed_port() as port:
         t0 = time.monotonic()
         with pytest.raises(ServiceUnavailableError) as info:
-            open_pool(f"postgresql://postgres@127.0.0.1:{port}/nope", timeout_s=3)
+            open_pool(f"postgresql://postgres@127.0.0.1:{port}/nope", timeout_s=3, vector=True)
         assert time.monotonic() - t0 < 10
     message = str(info.value)
     assert "\n" not in message and f"127.0.0.1:{port}" in message
@@ -218,7 +219,7 @@ def test_wrong_database_name_is_service_unavailable(stack) -> None:  # type: ign
     info = psycopg.conninfo.conninfo_to_dict(stack.database_url)
     info["dbname"] = "no_such_database_ragstream"
     with pytest.raises(ServiceUnavailableError, match="no_such_database_ragstream"):
-        open_pool(psycopg.conninfo.make_conninfo("", **info), timeout_s=3)
+        open_pool(psycopg.conninfo.make_conninfo("", **info), timeout_s=3, vector=True)
 
 
 class socket_closed_port:

@@ -15,8 +15,11 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 
 from tests.kafka_helpers import committed_and_end, drain, produce
-from workers.kafka import Incoming, LoopConfig, Output, WorkerLoop, consumer_config, producer_config
+from workers.kafka.config import consumer_config
+from workers.kafka.loop import LoopConfig, WorkerLoop
+from workers.kafka.producer import KafkaProducer
 from workers.settings import KafkaSettings
+from workers.stream.records import Incoming, Output
 
 PARTITIONS = 4
 
@@ -56,7 +59,7 @@ def test_paused_partitions_revoked_and_assigned_back_are_consumed(stack: Any, un
                 shutdown_timeout_s=10,
             ),
             Consumer(consumer_config(kafka, group)),
-            Producer(producer_config(kafka)),
+            KafkaProducer(kafka, poll_after_produce=False),
             handler,
         )
         task = asyncio.create_task(loop.run())

@@ -15,15 +15,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
 from devstack.pipeline import Pipeline
 from devstack.stack import Stack, StackConfig
 from tests.kafka_helpers import committed_and_end, drain, produce
-from workers.kafka import Incoming, LoopConfig, Output, WorkerLoop, consumer_config, producer_config
-from workers.messages import ChatMessage, Prompt, Request, Response
-from workers.serde import decode, encode
+from workers.contracts.messages import ChatMessage, Prompt, Request, Response
+from workers.contracts.serde import decode, encode
+from workers.kafka.config import consumer_config
+from workers.kafka.loop import LoopConfig, WorkerLoop
+from workers.kafka.producer import KafkaProducer
 from workers.settings import KafkaSettings, TopicSettings
+from workers.stream.records import Incoming, Output
 
 
 def _prompt(q: str) -> Prompt:
@@ -148,7 +151,7 @@ def test_scale_out_commits_what_is_done_on_revoke(stack: Any, unique: str, make_
         return WorkerLoop(
             LoopConfig(role="retriever", topics=[t.name("requests")], dead_letter_topic=t.name("dead_letter"),
                        max_in_flight=64, batch_max=8, shutdown_timeout_s=10),  # fmt: skip
-            consumer, Producer(producer_config(kafka)), forward,
+            consumer, KafkaProducer(kafka, poll_after_produce=False), forward,
         )  # fmt: skip
 
     ids = [str(uuid.uuid4()) for _ in range(15)]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from workers.adapters.tokenizers import LocalTokenizerCounter
 from workers.retriever.ingest import chunk_text, path_documents, python_docs_documents
-from workers.retriever.tokens import LocalTokenizerCounter
 from workers.settings import default_embedding_model_path
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from workers.contracts.topics import load_topics
 from workers.settings import Settings
-from workers.topics import load_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import heapq
 
 import pytest
 
-from workers.generator.concurrency import AdaptiveLimiter, FixedLimiter, Ticket
+from workers.adapters.concurrency import AdaptiveLimiter, FixedLimiter, Ticket
 
 
 class FakeClock:

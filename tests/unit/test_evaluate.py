@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from workers.errors import ConfigError
-from workers.evaluate import (
+from workers.contracts.errors import ConfigError
+from workers.contracts.messages import Provenance, Request, Response, Source, Usage
+from workers.contracts.serde import encode
+from workers.evaluation.evaluate import (
     Answer,
     RunData,
     RunSource,
@@ -39,10 +41,8 @@ from workers.evaluate import (
     summarize,
     write_report,
 )
-from workers.messages import Provenance, Request, Response, Source, Usage
-from workers.serde import encode
+from workers.evaluation.shadow import parse_overrides, plan_shadow, trace_table_name, worker_env
 from workers.settings import Settings
-from workers.shadow import parse_overrides, plan_shadow, trace_table_name, worker_env
 from workers.supervisor import process_env
 
 

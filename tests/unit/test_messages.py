@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from workers.errors import MessageError
-from workers.messages import WIRE_MODELS, ErrorInfo, Request, Response
-from workers.serde import decode, encode
+from workers.contracts.errors import MessageError
+from workers.contracts.messages import WIRE_MODELS, ErrorInfo, Request, Response
+from workers.contracts.serde import decode, encode
 
 
 def test_request_round_trip() -> None:

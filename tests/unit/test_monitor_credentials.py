@@ -6,7 +6,7 @@ import faust
 import pytest
 from faust.types.auth import AuthProtocol, SASLMechanism
 
-from workers.errors import ConfigError
+from workers.contracts.errors import ConfigError
 from workers.monitor.app import create_app, faust_credentials
 from workers.settings import load_settings
 

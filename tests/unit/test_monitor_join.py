@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from workers.errors import MessageError
-from workers.messages import ChatMessage, DeadLetter, ErrorInfo, Passage, Prompt, Request, Response, Usage
+from workers.contracts.errors import MessageError
+from workers.contracts.messages import ChatMessage, DeadLetter, ErrorInfo, Passage, Prompt, Request, Response, Usage
+from workers.contracts.serde import encode
 from workers.monitor.join import (
     OWNED_COLUMNS,
     SIG_COLUMN,
@@ -29,7 +30,6 @@ from workers.monitor.join import (
     stage_of,
     trace_status,
 )
-from workers.serde import encode
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 

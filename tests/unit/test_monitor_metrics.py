@@ -7,9 +7,9 @@ import uuid
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from workers.adapters.traces import BatchResult
 from workers.monitor.join import STAGES, ErrorRecord, KafkaCoords, TraceChange
 from workers.monitor.metrics import LATENCY_BUCKETS_S, build_metrics
-from workers.monitor.recorder import BatchResult
 
 
 def _value(reg: CollectorRegistry, name: str, **labels: str) -> float:

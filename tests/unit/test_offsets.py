@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from workers.kafka import OffsetTracker
+from workers.kafka.offsets import OffsetTracker
 
 
 def test_in_order_finish_moves_offset() -> None:

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from workers.errors import ConfigError, PermanentError, PromptTooLargeError, RetryableError, ServiceUnavailableError
+from workers.adapters.llm_server import ServerLimits, ServerTokenizeCounter, fetch_server_limits, parse_server_info
+from workers.adapters.tokenizers import CachedTokenCounter, LLMTokenCounter
+from workers.contracts.errors import (
+    ConfigError,
+    PermanentError,
+    PromptTooLargeError,
+    RetryableError,
+    ServiceUnavailableError,
+)
 from workers.retriever.prompt import (
     ESTIMATE_MARGIN_TOKENS,
     PER_MESSAGE_OVERHEAD_TOKENS,
@@ -16,14 +24,6 @@ from workers.retriever.prompt import (
     PromptTemplate,
     build_prompt,
     get_template,
-)
-from workers.retriever.tokens import (
-    CachedTokenCounter,
-    LLMTokenCounter,
-    ServerLimits,
-    ServerTokenizeCounter,
-    fetch_server_limits,
-    parse_server_info,
 )
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.errors import ConfigError
-from workers.replay import (
+from workers.contracts.errors import ConfigError
+from workers.evaluation.replay_plan import (
     OffsetRange,
     PartitionRange,
     PartitionReport,

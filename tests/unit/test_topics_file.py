@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from workers.contracts.topics import load_topics
 from workers.settings import TopicSettings
-from workers.topics import load_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 

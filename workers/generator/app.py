@@ -1,6 +1,6 @@
 """Generator worker wiring: Kafka loop (group "generator") → LLM client → Response.
 
-Consumes Prompts, calls the LLM server through :class:`workers.generator.llm.LLMClient` with a bound on
+Consumes Prompts, calls the LLM server through :class:`workers.adapters.llm_server.LLMClient` with a bound on
 requests in flight, and produces one Response per prompt to the responses topic (and to the request's
 ``reply_topic`` when it names another topic). A prompt that cannot be parsed goes to the dead-letter topic;
 a permanent LLM failure produces an error Response and a dead letter; retryable failures that exhaust the
@@ -18,30 +18,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from workers.db import describe_url
-from workers.errors import MessageError, PermanentError, RetryableError, ServiceUnavailableError
-from workers.generator.answers import AnswerStore, PgAnswerStore
-from workers.generator.llm import Generation, LLMClient, LLMRetryableError, check_hub_online
-from workers.kafka import (
-    Incoming,
-    LoopConfig,
-    Output,
-    WorkerLoop,
-    build_loop_metrics,
-    check_broker,
-    consumer_config,
-    dead_letter,
-    output_headers,
-    producer_config,
-)
-from workers.messages import ErrorInfo, Prompt, Response, ResponseStatus, Source, Usage, request_deadline
-from workers.serde import decode, encode
+from workers.adapters.answers import AnswerStore, PgAnswerStore
+from workers.adapters.llm_server import Generation, LLMClient, LLMRetryableError, check_hub_online
+from workers.adapters.postgres import open_async_pool
+from workers.contracts.errors import MessageError, PermanentError, RetryableError
+from workers.contracts.messages import ErrorInfo, Prompt, Response, ResponseStatus, Source, Usage, request_deadline
+from workers.contracts.serde import decode, encode
+from workers.kafka.admin import check_broker
+from workers.kafka.config import consumer_config
+from workers.kafka.loop import LoopConfig, WorkerLoop, build_loop_metrics
+from workers.kafka.producer import KafkaProducer
 from workers.settings import Settings
+from workers.stream.records import Incoming, Output, dead_letter, output_headers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -300,14 +293,16 @@ async def serve(settings: Settings) -> None:
     answers: AnswerStore | None = None
     pool: AsyncConnectionPool | None = None
     if settings.generator.answer_store:
-        pool = await open_async_pool(settings.database_url.get_secret_value())
+        pool = await open_async_pool(
+            settings.database_url.get_secret_value(), hint="set RAG_DATABASE_URL, or RAG_GENERATOR__ANSWER_STORE=false"
+        )
         store = PgAnswerStore(pool, settings.generator.answer_table)
         await store.ensure_schema()
         answers = store
     service = GeneratorService(settings, llm, metrics, answers)
     group = settings.worker.group_id or settings.topics.prefix + "generator"
     consumer = Consumer(consumer_config(settings.kafka, group))
-    producer = Producer(producer_config(settings.kafka))
+    producer = KafkaProducer(settings.kafka, poll_after_produce=False)
     loop = WorkerLoop(
         LoopConfig(
             role=STAGE,
@@ -334,21 +329,3 @@ async def serve(settings: Settings) -> None:
 def build_llm(settings: Settings, metrics: GeneratorMetrics) -> LLMClient:
     """The LLM client of a generator, with retries counted in ``metrics.retries`` by error type."""
     return LLMClient(settings.llm, on_retry=lambda err: metrics.retries.labels(err).inc())
-
-
-async def open_async_pool(url: str, max_size: int = 4, timeout_s: float = 10.0) -> AsyncConnectionPool:
-    """Open an async psycopg pool, failing fast with a one-line error.
-
-    Raises:
-        ServiceUnavailableError: no connection within ``timeout_s`` seconds (the password is not shown).
-    """
-    pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=timeout_s)
-    try:
-        await pool.open(wait=True, timeout=timeout_s)
-    except Exception as exc:
-        await pool.close()
-        raise ServiceUnavailableError(
-            f"cannot connect to PostgreSQL for the answer store at {describe_url(url)} "
-            f"(set RAG_DATABASE_URL, or RAG_GENERATOR__ANSWER_STORE=false): {str(exc).splitlines()[0]}"
-        ) from None
-    return pool

@@ -4,7 +4,7 @@ It writes one trace row per request id to PostgreSQL and serves Prometheus metri
 
 Modules:
     join: pure trace assembly (decoded event → :class:`~workers.monitor.join.TraceUpdate`), no I/O.
-    recorder: the PostgreSQL sink (:class:`~workers.monitor.recorder.TraceRecorder`).
+    recorder: the PostgreSQL sink (:class:`~workers.adapters.traces.TraceRecorder`).
     metrics: the Prometheus metrics bundle (:func:`~workers.monitor.metrics.build_metrics`).
     app: faust wiring (:func:`~workers.monitor.app.create_app`, :func:`~workers.monitor.app.run`).
 """

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,18 +36,19 @@ from typing import Any
 
 import faust
 import psycopg
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry, start_http_server
 from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
-from workers.errors import ConfigError, ServiceUnavailableError
-from workers.messages import DeadLetter, Prompt, Request, Response
+from workers.adapters.postgres import open_pool
+from workers.adapters.traces import BatchResult, TraceRecorder
+from workers.contracts.errors import ConfigError, ServiceUnavailableError
+from workers.contracts.messages import DeadLetter, Prompt, Request, Response
+from workers.contracts.serde import decode
+from workers.kafka.admin import topic_partitions
+from workers.kafka.faust_config import broker_urls, faust_credentials
 from workers.monitor.join import ErrorRecord, KafkaCoords, TraceUpdate, assemble, bad_message
 from workers.monitor.metrics import MonitorMetrics, build_metrics
-from workers.monitor.recorder import BatchResult, TraceRecorder
-from workers.serde import decode
 from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -214,65 +214,6 @@ def _rejected(upd: TraceUpdate, exc: BaseException) -> ErrorRecord:
     )
 
 
-def _broker_urls(bootstrap_servers: str) -> list[str]:
-    return [f"kafka://{h.strip()}" for h in bootstrap_servers.split(",") if h.strip()]
-
-
-def faust_credentials(extra: Mapping[str, str]) -> Any:
-    """faust/aiokafka credentials for the librdkafka security properties in ``kafka.extra``.
-
-    The retriever, generator and clients pass ``RAG_KAFKA__EXTRA`` straight to librdkafka; the monitor's faust
-    consumer (aiokafka) needs the same connection as credentials objects. Read: ``security.protocol``
-    (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL), ``sasl.mechanism``/``sasl.mechanisms`` (PLAIN, SCRAM-SHA-256,
-    SCRAM-SHA-512, GSSAPI), ``sasl.username``, ``sasl.password``, ``sasl.kerberos.service.name``,
-    ``ssl.ca.location``, ``ssl.certificate.location``, ``ssl.key.location``, ``ssl.key.password``,
-    ``enable.ssl.certificate.verification``. Other keys are librdkafka tuning and do not apply to aiokafka.
-
-    Returns:
-        ``None`` for PLAINTEXT, else a ``faust.SSLCredentials``, ``faust.SASLCredentials`` or
-        ``faust.GSSAPICredentials``.
-
-    Raises:
-        ConfigError: an unknown protocol or mechanism (OAUTHBEARER is not supported by the monitor), SASL
-            without a username/password, or certificate files that cannot be loaded.
-    """
-    protocol = str(extra.get("security.protocol", "PLAINTEXT")).upper()
-    if protocol not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
-        raise ConfigError(
-            f"kafka.extra security.protocol {protocol!r} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
-        )
-    if protocol == "PLAINTEXT":
-        return None
-    context: ssl.SSLContext | None = None
-    if protocol in {"SSL", "SASL_SSL"}:
-        try:
-            context = ssl.create_default_context(cafile=extra.get("ssl.ca.location") or None)
-            if extra.get("ssl.certificate.location"):
-                context.load_cert_chain(
-                    extra["ssl.certificate.location"],
-                    keyfile=extra.get("ssl.key.location") or None,
-                    password=extra.get("ssl.key.password") or None,
-                )
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"kafka.extra TLS settings cannot be loaded: {exc}") from exc
-        if str(extra.get("enable.ssl.certificate.verification", "true")).lower() == "false":
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    mechanism = str(extra.get("sasl.mechanism") or extra.get("sasl.mechanisms") or "GSSAPI").upper()
-    if mechanism == "GSSAPI":
-        return faust.GSSAPICredentials(
-            kerberos_service_name=extra.get("sasl.kerberos.service.name", "kafka"), ssl_context=context
-        )
-    if mechanism not in {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}:
-        raise ConfigError(f"kafka.extra sasl.mechanism {mechanism!r} is not supported by the monitor")
-    username, password = extra.get("sasl.username"), extra.get("sasl.password")
-    if not username or password is None:
-        raise ConfigError(f"kafka.extra {mechanism} needs sasl.username and sasl.password")
-    return faust.SASLCredentials(username=username, password=password, ssl_context=context, mechanism=mechanism)
-
-
 def create_app(
     settings: Settings,
     pool: ConnectionPool | None = None,
@@ -307,22 +248,16 @@ def create_app(
 
     Raises:
         ConfigError: the trace table name is invalid, no bootstrap server is given, or ``kafka.extra`` holds
-            security settings the monitor cannot use (:func:`faust_credentials`).
+            security settings the monitor cannot use (:func:`workers.kafka.faust_config.faust_credentials`).
     """
     mon = settings.monitor
-    brokers = _broker_urls(settings.kafka.bootstrap_servers)
+    brokers = broker_urls(settings.kafka.bootstrap_servers)
     if not brokers:
         raise ConfigError("no Kafka bootstrap servers configured (RAG_KAFKA__BOOTSTRAP_SERVERS)")
     db_pool = (
         pool
         if pool is not None
-        else ConnectionPool(
-            settings.database_url.get_secret_value(),
-            min_size=1,
-            max_size=4,
-            open=False,
-            name=f"{mon.app_id}-pool",
-        )
+        else open_pool(settings.database_url.get_secret_value(), max_size=4, name=f"{mon.app_id}-pool", open_now=False)
     )
     recorder = TraceRecorder(db_pool, table=mon.table)
     bundle = metrics if metrics is not None else build_metrics(registry)
@@ -439,22 +374,9 @@ def check_topics(settings: Settings, timeout_s: float = 10.0) -> dict[str, int]:
         ServiceUnavailableError: the broker did not answer.
         ConfigError: a topic is missing (run ``ragstream topics apply``).
     """
-    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra}
-    admin = AdminClient(conf)
-    try:
-        md = admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise ServiceUnavailableError(
-            f"Kafka broker not reachable at {settings.kafka.bootstrap_servers!r}: {exc}"
-        ) from None
-    found: dict[str, int] = {}
-    missing: list[str] = []
-    for name in topic_names(settings):
-        topic = md.topics.get(name)
-        if topic is None or topic.error is not None:
-            missing.append(name)
-        else:
-            found[name] = len(topic.partitions)
+    names = topic_names(settings)
+    found = topic_partitions(settings.kafka, names, timeout_s=timeout_s)
+    missing = [name for name in names if name not in found]
     if missing:
         raise ConfigError(f"topics missing: {', '.join(missing)} (create them with 'ragstream topics apply')")
     return found
@@ -477,12 +399,8 @@ def run(settings: Settings) -> None:
     """
     partitions = check_topics(settings)
     logger.info("monitor starting app_id=%s topics=%s", settings.monitor.app_id, partitions)
-    pool = ConnectionPool(
-        settings.database_url.get_secret_value(),
-        min_size=1,
-        max_size=4,
-        open=False,
-        name=f"{settings.monitor.app_id}-pool",
+    pool = open_pool(
+        settings.database_url.get_secret_value(), max_size=4, name=f"{settings.monitor.app_id}-pool", open_now=False
     )
     app = create_app(settings, pool=pool, topic_partitions=max(partitions.values()))
     server: Any = None

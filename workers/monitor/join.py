@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from workers.messages import DeadLetter, Prompt, Request, Response
+from workers.contracts.messages import DeadLetter, Prompt, Request, Response
 
 EventKind = Literal["request", "prompt", "response", "dead_letter"]
 ErrorKind = Literal["bad_message", "dead_letter"]

@@ -1,6 +1,6 @@
 """The monitor's Prometheus metrics, built as one bundle by :func:`build_metrics` (STYLE.md §8).
 
-Counters are incremented from what a batch write actually *changed* (:class:`~workers.monitor.recorder.
+Counters are incremented from what a batch write actually *changed* (:class:`~workers.adapters.traces.
 BatchResult`), never from what was consumed, so a redelivered event is not counted twice. (Counters still
 start from zero in a new process, as Prometheus counters do.)
 
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from workers.adapters.traces import BatchResult
 from workers.monitor.join import STAGES, ErrorRecord
-from workers.monitor.recorder import BatchResult
 
 #: Latency buckets (seconds): 1 ms to 60 s, roughly 1-2.5-5 per decade.
 LATENCY_BUCKETS_S: tuple[float, ...] = (

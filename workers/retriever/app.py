@@ -16,23 +16,16 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from workers.errors import MessageError, PermanentError, PromptTooLargeError
-from workers.kafka import (
-    Incoming,
-    LoopConfig,
-    Output,
-    WorkerLoop,
-    build_loop_metrics,
-    check_broker,
-    consumer_config,
-    dead_letter,
-    output_headers,
-    producer_config,
-)
-from workers.messages import (
+from workers.adapters.embedding import Embedder
+from workers.adapters.llm_server import ServerLimits, ServerTokenizeCounter, fetch_server_limits
+from workers.adapters.pgvector import Hit, VectorStore
+from workers.adapters.postgres import open_pool
+from workers.adapters.tokenizers import CachedTokenCounter, LLMTokenCounter, LocalTokenizerCounter
+from workers.contracts.errors import MessageError, PermanentError, PromptTooLargeError
+from workers.contracts.messages import (
     ErrorInfo,
     Passage,
     Prompt,
@@ -42,19 +35,14 @@ from workers.messages import (
     ResponseStatus,
     request_deadline,
 )
-from workers.retriever.embedding import Embedder
+from workers.contracts.serde import decode, encode
+from workers.kafka.admin import check_broker
+from workers.kafka.config import consumer_config
+from workers.kafka.loop import LoopConfig, WorkerLoop, build_loop_metrics
+from workers.kafka.producer import KafkaProducer
 from workers.retriever.prompt import ESTIMATE_MARGIN_TOKENS, BuiltPrompt, build_prompt, get_template
-from workers.retriever.store import Hit, VectorStore, open_pool
-from workers.retriever.tokens import (
-    CachedTokenCounter,
-    LLMTokenCounter,
-    LocalTokenizerCounter,
-    ServerLimits,
-    ServerTokenizeCounter,
-    fetch_server_limits,
-)
-from workers.serde import decode, encode
 from workers.settings import Settings
+from workers.stream.records import Incoming, Output, dead_letter, output_headers
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +283,7 @@ def build_service(settings: Settings, registry: CollectorRegistry) -> RetrieverS
         DimensionMismatchError: the vector table's dimension differs from the model's.
     """
     embedder = Embedder.from_settings(settings.embedding)
-    pool = open_pool(settings.database_url.get_secret_value(), min_size=1, max_size=4)
+    pool = open_pool(settings.database_url.get_secret_value(), min_size=1, max_size=4, vector=True)
     store = VectorStore(pool, table=settings.retriever.table, dimension=embedder.dimension)
     store.ensure_schema(embedder.model_name)  # idempotent; raises DimensionMismatchError on a wrong column
     limits = fetch_server_limits(settings.llm.url)
@@ -345,7 +333,7 @@ async def serve(settings: Settings) -> None:
             shutdown_timeout_s=settings.worker.shutdown_timeout_s,
         ),
         Consumer(consumer_config(settings.kafka, group)),
-        Producer(producer_config(settings.kafka)),
+        KafkaProducer(settings.kafka, poll_after_produce=False),
         service.handle,
         build_loop_metrics(registry, role=STAGE),
     )

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm import tqdm
 
-from workers.errors import ConfigError
-from workers.retriever.store import ChunkRow
+from workers.adapters.pgvector import ChunkRow
+from workers.contracts.errors import ConfigError
 
 if TYPE_CHECKING:
-    from workers.retriever.embedding import EmbedResult
-    from workers.retriever.store import VectorStore
+    from workers.adapters.embedding import EmbedResult
+    from workers.adapters.pgvector import VectorStore
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from workers.errors import ConfigError, PromptTooLargeError
-from workers.messages import ChatMessage
+from workers.contracts.errors import ConfigError, PromptTooLargeError
+from workers.contracts.messages import ChatMessage
 
 logger = logging.getLogger(__name__)
 

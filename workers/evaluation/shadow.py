@@ -33,14 +33,13 @@ import logging
 import re
 import signal
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from workers.errors import ConfigError, RagError
+from workers.contracts.errors import ConfigError, RagError
 from workers.settings import KafkaSettings, Settings
 from workers.supervisor import WORKERS, WorkerProcesses
 
@@ -153,7 +152,7 @@ def plan_shadow(
     Raises:
         ConfigError: bad run name or prefix, the shadow prefix equals the live one, or a bad override.
     """
-    from workers.replay import shadow_prefix
+    from workers.evaluation.replay_plan import shadow_prefix
 
     prefix = shadow_prefix(run, prefix_template)
     if prefix == settings.topics.prefix:
@@ -219,31 +218,15 @@ class ResponseCounter:
     """
 
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
-        from confluent_kafka import Consumer, TopicPartition  # noqa: TID251 - group-less read of a shadow topic
+        from workers.kafka.reader import assign_at, reader
 
-        from workers.kafka import base_config
-
-        conf = base_config(kafka)
-        conf.update(
-            {
-                "group.id": f"ragstream-shadow-count-{uuid.uuid4().hex[:12]}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": False,
-                "fetch.wait.max.ms": 100,
-            }
-        )
         self.topic = topic
-        self._consumer = Consumer(conf)
-        meta = self._consumer.list_topics(topic, timeout=10.0).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
+        self._consumer = reader(kafka, "shadow-count")
+        try:
+            assign_at(self._consumer, topic, "low")
+        except ConfigError:
             self._consumer.close()
-            raise ConfigError(f"shadow responses topic {topic!r} not found")
-        tps = []
-        for p in sorted(meta.partitions):
-            low, _high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
-            tps.append(TopicPartition(topic, p, low))
-        self._consumer.assign(tps)
+            raise ConfigError(f"shadow responses topic {topic!r} not found") from None
         self.ids: set[str] = set()
         self.by_status: dict[str, int] = {}
 
@@ -314,32 +297,16 @@ def ensure_shadow_topics(settings: Settings, prefix: str, topics_file: Path) -> 
         ConfigError: the file is bad or a topic could not be created.
         ServiceUnavailableError: no broker answers.
     """
-    from confluent_kafka.admin import AdminClient  # noqa: TID251 - admin client for the shadow topic set
+    from workers.kafka.admin import ensure_topics
 
-    from workers.kafka import base_config, check_broker
-    from workers.topics import apply_topics, load_topics
-
-    check_broker(settings.kafka)
-    spec = load_topics(topics_file).with_prefix(prefix)
-    report = apply_topics(AdminClient(base_config(settings.kafka)), spec)
-    for name in report.created:
-        log.info("created shadow topic %s", name)
-    return list(report.created)
+    return list(ensure_topics(settings.kafka, topics_file, prefix).created)
 
 
 def _trace_rows(database_url: str, table: str) -> int:
-    """Answered rows of the shadow trace table (0 when it does not exist yet)."""
-    import psycopg
-    from psycopg import sql
+    """Answered rows of the shadow trace table (0 when it does not exist yet or the database is away)."""
+    from workers.adapters.traces import answered_rows
 
-    try:
-        with psycopg.connect(database_url, connect_timeout=5) as conn:
-            row = conn.execute(
-                sql.SQL("SELECT count(*) FROM {t} WHERE response_status IS NOT NULL").format(t=sql.Identifier(table))
-            ).fetchone()
-    except psycopg.Error:
-        return 0
-    return int(row[0]) if row else 0
+    return answered_rows(database_url, table)
 
 
 def run_shadow(

@@ -7,7 +7,7 @@ encoding thread owned by the embedder and **coalesces** the calls that wait for 
 runs, the texts of every call that arrives are queued, and the next pass embeds them together (up to
 ``batch_size`` texts; dynamic batching as in TGI or Triton), so concurrent micro-batches of a worker become
 one larger forward pass instead of several small ones. Token counting uses a private copy of the model's tokenizer
-(:class:`~workers.retriever.tokens.LocalTokenizerCounter`), never the model's own.
+(:class:`~workers.adapters.tokenizers.LocalTokenizerCounter`), never the model's own.
 
 The model reads at most ``max_seq_length`` tokens (256 for all-MiniLM-L6-v2, ``[CLS]`` and ``[SEP]``
 included) and silently cuts longer texts; :class:`EmbedResult` reports which texts were cut.
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workers.errors import ConfigError
-from workers.retriever.tokens import LocalTokenizerCounter
+from workers.adapters.tokenizers import LocalTokenizerCounter
+from workers.contracts.errors import ConfigError
 from workers.settings import EmbeddingSettings, default_embedding_model_path
 
 if TYPE_CHECKING:

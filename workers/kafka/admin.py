@@ -1,80 +1,86 @@
-"""Load ``topics.yaml`` and apply it to a cluster with the admin client.
+"""Kafka administration: is a broker there, which topics exist, create what topics.yaml asks for.
 
-``apply`` creates the topics that are missing and reports drift (partition count, replication factor,
-configs) of those that exist, without deleting or changing anything; a second run changes nothing.
+:func:`check_broker` is the fail-fast check every command and worker runs before it starts;
+:func:`apply_topics` creates missing topics and reports drift without changing anything that exists (a second
+run changes nothing); :func:`topic_partitions` tells how many partitions named topics have.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
-from pydantic import BaseModel, ConfigDict, Field
 
-from workers.errors import ConfigError
+from workers.contracts.errors import ConfigError, ServiceUnavailableError
+from workers.contracts.topics import TopicsFile, load_topics
+from workers.kafka.config import base_config
+from workers.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
-class TopicSpec(BaseModel):
-    """One topic of topics.yaml."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    partitions: int = Field(ge=1)
-    replication_factor: int = Field(1, ge=1)
-    key: str = ""
-    value: str = ""
-    config: dict[str, str] = Field(default_factory=dict)
+def admin_client(kafka: KafkaSettings) -> AdminClient:
+    """An admin client on the settings' cluster (``kafka.extra`` applied: SASL/SSL)."""
+    return AdminClient(base_config(kafka))
 
 
-class TopicsFile(BaseModel):
-    """The parsed topics.yaml: topics (with defaults applied) and consumer groups."""
-
-    model_config = ConfigDict(frozen=True)
-
-    topics: list[TopicSpec]
-    consumer_groups: dict[str, list[str]] = Field(default_factory=dict)
-
-    def with_prefix(self, prefix: str) -> TopicsFile:
-        """The same topics renamed ``prefix + name`` (a shadow pipeline's topic set)."""
-        if not prefix:
-            return self
-        return TopicsFile(
-            topics=[t.model_copy(update={"name": prefix + t.name}) for t in self.topics],
-            consumer_groups={g: [prefix + n for n in names] for g, names in self.consumer_groups.items()},
-        )
-
-
-def load_topics(path: Path) -> TopicsFile:
-    """Parse topics.yaml, applying its ``defaults`` (replication factor, config) to every topic.
+def check_broker(kafka: KafkaSettings, timeout_s: float = 10.0) -> None:
+    """Fail fast with a one-line error when no broker answers at ``bootstrap_servers``.
 
     Raises:
-        ConfigError: the file is missing or does not match the expected shape.
+        ServiceUnavailableError: no metadata response within ``timeout_s`` seconds.
+    """
+    conf = base_config(kafka)
+    conf["socket.connection.setup.timeout.ms"] = int(timeout_s * 1000)
+    conf["log_level"] = 0  # the one-line error below says it all; no per-attempt connection logs
+    admin = AdminClient(conf)
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ServiceUnavailableError(
+            f"Kafka broker not reachable at {kafka.bootstrap_servers!r} within {timeout_s:.0f} s "
+            f"(set RAG_KAFKA__BOOTSTRAP_SERVERS): {exc.args[0].str() if exc.args else exc}"
+        ) from None
+
+
+def topic_partitions(
+    kafka: KafkaSettings, names: Iterable[str] | None = None, timeout_s: float = 10.0
+) -> dict[str, int]:
+    """Partition counts of topics on the broker: the given ``names`` that exist, or every topic.
+
+    Raises:
+        ServiceUnavailableError: the broker did not answer within ``timeout_s`` seconds.
     """
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    defaults = raw.get("defaults", {}) or {}
-    topics: list[TopicSpec] = []
-    for entry in raw.get("topics", []) or []:
-        merged: dict[str, Any] = {"replication_factor": defaults.get("replication_factor", 1)}
-        merged.update(entry)
-        cfg = {str(k): str(v) for k, v in (defaults.get("config") or {}).items()}
-        cfg.update({str(k): str(v) for k, v in (entry.get("config") or {}).items()})
-        merged["config"] = cfg
-        try:
-            topics.append(TopicSpec(**merged))
-        except ValueError as exc:
-            raise ConfigError(f"{path}: bad topic entry {entry!r}: {exc}") from exc
-    return TopicsFile(topics=topics, consumer_groups=raw.get("consumer_groups", {}) or {})
+        md = admin_client(kafka).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ServiceUnavailableError(f"Kafka broker not reachable at {kafka.bootstrap_servers!r}: {exc}") from None
+    wanted = set(names) if names is not None else set(md.topics)
+    return {
+        name: len(meta.partitions)
+        for name, meta in md.topics.items()
+        if name in wanted and meta.error is None and meta.partitions
+    }
+
+
+def ensure_topics(kafka: KafkaSettings, topics_file: Path, prefix: str = "") -> ApplyReport:
+    """Create the topics of ``topics_file`` (renamed ``prefix + name``) that are missing; log what changed.
+
+    Raises:
+        ConfigError: the file is bad or a topic could not be created.
+        ServiceUnavailableError: no broker answers.
+    """
+    check_broker(kafka)
+    report = apply_topics(admin_client(kafka), load_topics(topics_file).with_prefix(prefix))
+    for name in report.created:
+        log.info("created topic %s", name)
+    for line in report.drift:
+        log.warning("topic drift (left as is): %s", line)
+    return report
 
 
 @dataclass

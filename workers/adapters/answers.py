@@ -25,9 +25,9 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from workers.errors import RetryableError
-from workers.messages import Response
-from workers.serde import encode
+from workers.contracts.errors import RetryableError
+from workers.contracts.messages import Response
+from workers.contracts.serde import encode
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The confluent-kafka worker loop shared by the retriever and the generator, and client factories.
+"""The confluent-kafka worker loop shared by the retriever, the generator and the monolith.
 
 Semantics (DESIGN.md §3, §5):
 
@@ -29,299 +29,40 @@ each, the list of :class:`Output` messages to produce. It never sees Kafka objec
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import logging
 import random
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
 
-from confluent_kafka import (
-    OFFSET_INVALID,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from workers.errors import ConfigError, PromptTooLargeError, RagError, RetryableError, ServiceUnavailableError
-from workers.messages import DeadLetter
-from workers.serde import encode, headers_to_dict
-from workers.settings import KafkaSettings
+from workers.contracts.errors import PromptTooLargeError, RagError, RetryableError
+from workers.contracts.serde import headers_to_dict
+from workers.kafka.offsets import OffsetTracker
+from workers.kafka.producer import DeliveryCallback, KafkaProducer
+from workers.kafka.reader import consume_available
+from workers.stream.records import Handler, Incoming, Output, dead_letter
 
 log = logging.getLogger(__name__)
 
-_RDKAFKA_LOG = logging.getLogger("librdkafka")
 
-#: Raw bytes of a failed message kept in its dead letter (512 KiB: base64 makes it ~700 KB, so a dead letter fits
-#: a broker's default 1 MiB ``message.max.bytes``). A longer value is cut there and flagged ``value_truncated``
-#: with its full length in ``value_bytes`` (such a dead letter cannot be replayed to its source).
-DEAD_LETTER_MAX_VALUE_BYTES = 512 * 1024
-
-#: Header names carried from input to output (DESIGN.md §4).
-PROPAGATED_HEADERS = ("request_id", "traceparent", "deadline")
-
-
-# --------------------------------------------------------------------------- client factories
-
-
-def base_config(kafka: KafkaSettings) -> dict[str, Any]:
-    """librdkafka properties shared by every client: bootstrap servers plus ``kafka.extra``."""
-    # librdkafka's own log lines go to Python logging (logger "librdkafka"), not straight to stderr.
-    conf: dict[str, Any] = {
-        "bootstrap.servers": kafka.bootstrap_servers,
-        "logger": _RDKAFKA_LOG,
-        # Re-read metadata every 10 s instead of every 5 min: after a broker restart a client that cached
-        # "no leader" for a partition finds the new leader in seconds (seen in the chaos run: a producer
-        # waited out its whole message timeout).
-        "topic.metadata.refresh.interval.ms": 10_000,
-    }
-    conf.update(kafka.extra)
-    return conf
-
-
-def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
-    """Properties of an idempotent producer (``acks=all``, ordered retries, no duplicates on retry).
-
-    ``linger.ms`` comes from the settings (default 2 ms: small batches, low added latency).
-    """
-    conf = base_config(kafka)
-    conf.update(
-        {
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": kafka.linger_ms,
-            "message.max.bytes": kafka.message_max_bytes,
-            "compression.type": "lz4",
-            # A message not delivered within 60 s fails its delivery report; the loop then stops without
-            # committing that input (it is processed again after the restart), instead of stalling 5 min.
-            "message.timeout.ms": 60_000,
-        }
+def incoming_of(msg: Message) -> Incoming:
+    """Copy the fields of a consumed confluent-kafka ``Message`` into an :class:`Incoming` record."""
+    ts_type, ts = msg.timestamp()
+    return Incoming(
+        topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        key=msg.key(),
+        value=msg.value(),
+        headers=headers_to_dict(msg.headers()),  # type: ignore[arg-type]  # consumed headers are a list
+        timestamp_ms=ts if ts_type else 0,
     )
-    conf.update(overrides)
-    return conf
-
-
-def consumer_config(kafka: KafkaSettings, group_id: str, **overrides: Any) -> dict[str, Any]:
-    """Properties of a worker consumer: offsets stored by the loop after delivery, auto-committed.
-
-    ``enable.auto.offset.store=False`` is what makes the loop at-least-once: librdkafka's auto-commit only
-    commits offsets the loop stored explicitly.
-    """
-    conf = base_config(kafka)
-    conf.update(
-        {
-            "group.id": group_id,
-            "enable.auto.commit": True,
-            "enable.auto.offset.store": False,
-            "auto.commit.interval.ms": 1000,
-            "auto.offset.reset": "earliest",
-            "max.poll.interval.ms": kafka.max_poll_interval_ms,
-            "session.timeout.ms": kafka.session_timeout_ms,
-            "partition.assignment.strategy": "cooperative-sticky",
-            "fetch.wait.max.ms": 10,
-            "enable.partition.eof": False,
-        }
-    )
-    conf.update(overrides)
-    return conf
-
-
-def check_broker(kafka: KafkaSettings, timeout_s: float = 10.0) -> None:
-    """Fail fast with a one-line error when no broker answers at ``bootstrap_servers``.
-
-    Raises:
-        ServiceUnavailableError: no metadata response within ``timeout_s`` seconds.
-    """
-    conf = base_config(kafka)
-    conf["socket.connection.setup.timeout.ms"] = int(timeout_s * 1000)
-    conf["log_level"] = 0  # the one-line error below says it all; no per-attempt connection logs
-    admin = AdminClient(conf)
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise ServiceUnavailableError(
-            f"Kafka broker not reachable at {kafka.bootstrap_servers!r} within {timeout_s:.0f} s "
-            f"(set RAG_KAFKA__BOOTSTRAP_SERVERS): {exc.args[0].str() if exc.args else exc}"
-        ) from None
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """One consumed message as the handler sees it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: dict[str, str]
-    timestamp_ms: int
-    #: Monotonic time (s) the loop received it, for queue-time measurements.
-    received_at: float = field(default_factory=time.monotonic)
-
-    @classmethod
-    def from_message(cls, msg: Message) -> Incoming:
-        """Copy the fields of a confluent-kafka ``Message``."""
-        ts_type, ts = msg.timestamp()
-        return cls(
-            topic=msg.topic() or "",
-            partition=msg.partition() or 0,
-            offset=msg.offset() or 0,
-            key=msg.key(),
-            value=msg.value(),
-            headers=headers_to_dict(msg.headers()),  # type: ignore[arg-type]  # consumed headers are a list
-            timestamp_ms=ts if ts_type else 0,
-        )
-
-
-@dataclass(frozen=True)
-class Output:
-    """A message to produce for an input: topic, key, value bytes and headers."""
-
-    topic: str
-    value: bytes
-    key: bytes | str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def output_headers(incoming: Incoming, **extra: str) -> dict[str, str]:
-    """Headers for an output: the propagated ones of the input (request_id, traceparent, deadline) + extra."""
-    out = {k: v for k, v in incoming.headers.items() if k in PROPAGATED_HEADERS}
-    out.update(extra)
-    return out
-
-
-def dead_letter(
-    incoming: Incoming,
-    *,
-    topic: str,
-    stage: str,
-    error: BaseException,
-    attempts: int = 1,
-    request_id: uuid.UUID | None = None,
-    first_failure_at: datetime | None = None,
-) -> Output:
-    """Build the dead-letter :class:`Output` for an input that a stage could not process.
-
-    The DeadLetter carries the raw value (base64), the source topic/partition/offset and key, the error
-    class (``RagError.error_class`` or the exception type name) and message, the stage and attempts.
-    """
-    now = datetime.now(UTC)
-    rid = request_id
-    if rid is None:
-        try:
-            rid = uuid.UUID(incoming.headers.get("request_id", ""))
-        except ValueError:
-            rid = None
-    error_class = error.error_class if isinstance(error, RagError) else type(error).__name__
-    raw = incoming.value or b""
-    dl = DeadLetter(
-        request_id=rid,
-        source_topic=incoming.topic,
-        partition=incoming.partition,
-        offset=incoming.offset,
-        key=base64.b64encode(incoming.key).decode("ascii") if incoming.key is not None else None,
-        value_b64=base64.b64encode(raw[:DEAD_LETTER_MAX_VALUE_BYTES]).decode("ascii"),
-        value_bytes=len(raw),
-        value_truncated=len(raw) > DEAD_LETTER_MAX_VALUE_BYTES,
-        headers=incoming.headers,
-        error_class=error_class,
-        error_message=str(error)[:2000] or type(error).__name__,
-        stage=stage,
-        attempts=attempts,
-        first_failure_at=first_failure_at or now,
-        last_failure_at=now,
-    )
-    return Output(
-        topic=topic,
-        value=encode(dl),
-        key=incoming.key,
-        headers=output_headers(incoming, error_class=error_class, stage=stage),
-    )
-
-
-Handler = Callable[[list[Incoming]], Awaitable[Sequence[Sequence[Output]]]]
-
-
-# --------------------------------------------------------------------------- offsets
-
-
-class OffsetTracker:
-    """In-order offset bookkeeping per partition (thread-safe).
-
-    ``add`` records a consumed offset; ``finish`` marks it done and returns the offset to store (the next
-    offset to read) when the lowest unfinished offset of its partition moved, else ``None``.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[tuple[str, int], collections.deque[int]] = {}
-        self._done: dict[tuple[str, int], set[int]] = {}
-        self._cond = threading.Condition(self._lock)
-
-    def add(self, topic: str, partition: int, offset: int) -> None:
-        """Record that ``offset`` was handed to the handler."""
-        with self._lock:
-            self._pending.setdefault((topic, partition), collections.deque()).append(offset)
-            self._done.setdefault((topic, partition), set())
-
-    def finish(self, topic: str, partition: int, offset: int) -> int | None:
-        """Mark ``offset`` finished; return the new offset to store, or ``None`` if it did not move."""
-        with self._lock:
-            tp = (topic, partition)
-            pending = self._pending.get(tp)
-            if pending is None:  # partition revoked meanwhile
-                return None
-            done = self._done[tp]
-            done.add(offset)
-            moved: int | None = None
-            while pending and pending[0] in done:
-                moved = pending.popleft()
-                done.discard(moved)
-            if moved is not None:
-                self._cond.notify_all()
-                return moved + 1
-            return None
-
-    def in_flight(self, partitions: Sequence[tuple[str, int]] | None = None) -> int:
-        """Unfinished messages, over all partitions or the given ones."""
-        with self._lock:
-            keys = self._pending.keys() if partitions is None else partitions
-            return sum(len(self._pending.get(k, ())) for k in keys)
-
-    def wait_drained(self, partitions: Sequence[tuple[str, int]], timeout_s: float) -> bool:
-        """Block until the given partitions have nothing in flight, or ``timeout_s`` passes."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while any(self._pending.get(k) for k in partitions):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.05))
-            return True
-
-    def drop(self, partitions: Sequence[tuple[str, int]]) -> None:
-        """Forget revoked partitions; late finishes for them are ignored."""
-        with self._lock:
-            for k in partitions:
-                self._pending.pop(k, None)
-                self._done.pop(k, None)
-            self._cond.notify_all()
 
 
 # --------------------------------------------------------------------------- metrics
@@ -411,7 +152,7 @@ class WorkerLoop:
     Args:
         config: role, input topics, dead-letter topic, bounds.
         consumer: a confluent-kafka ``Consumer`` built with :func:`consumer_config`.
-        producer: an idempotent ``Producer`` built with :func:`producer_config`.
+        producer: the idempotent producer (``poll_after_produce=False``: the loop's delivery thread serves reports).
         handler: async callable ``list[Incoming] -> list[list[Output]]`` (one output list per input).
         metrics: the loop's metrics (a private registry if omitted).
     """
@@ -420,7 +161,7 @@ class WorkerLoop:
         self,
         config: LoopConfig,
         consumer: Consumer,
-        producer: Producer,
+        producer: KafkaProducer,
         handler: Handler,
         metrics: LoopMetrics | None = None,
     ) -> None:
@@ -625,7 +366,7 @@ class WorkerLoop:
                     self._fatal = KafkaException(err)
                 log.warning("consume error role=%s: %s", self.config.role, err)
                 continue
-            inc = Incoming.from_message(msg)
+            inc = incoming_of(msg)
             self.tracker.add(inc.topic, inc.partition, inc.offset)
             batch.append(inc)
         self.metrics.consumed.labels(self.config.role).inc(len(batch))
@@ -713,24 +454,11 @@ class WorkerLoop:
         for out in outputs:
             await self._produce(out, on_delivery, inc)
 
-    async def _produce(
-        self, out: Output, on_delivery: Callable[[KafkaError | None, Message], None], inc: Incoming | None = None
-    ) -> None:
-        deadline = time.monotonic() + 60.0
+    async def _produce(self, out: Output, on_delivery: DeliveryCallback, inc: Incoming | None = None) -> None:
         while True:
             try:
-                self.producer.produce(
-                    out.topic,
-                    value=out.value,
-                    key=out.key,
-                    headers=list(out.headers.items()),
-                    on_delivery=on_delivery,
-                )
+                await self.producer.produce_async(out.topic, out.value, out.key, out.headers, on_delivery)
                 return
-            except BufferError:  # local queue full: serve delivery reports and try again (bounded)
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.01)
             except KafkaException as exc:  # refused locally (e.g. larger than message.max.bytes)
                 if inc is None or out.topic == self.config.dead_letter_topic:
                     raise
@@ -805,114 +533,5 @@ def _resume_quietly(consumer: Consumer, partitions: list[TopicPartition]) -> Non
         log.debug("resume of departing partitions failed: %s", exc)
 
 
-def consume_available(consumer: Consumer, n: int, timeout_s: float) -> list[Message]:
-    """Up to ``n`` messages without waiting for a full batch.
-
-    ``Consumer.consume(n, timeout)`` blocks until it has ``n`` messages *or* the timeout passed, which adds the
-    whole timeout to every message at low load. This takes what is already fetched (timeout 0); only when
-    nothing is there does it block for the first message, then drains what arrived with it.
-    """
-    msgs = consumer.consume(n, 0)
-    if msgs:
-        return list(msgs)
-    first = consumer.consume(1, timeout_s)
-    if not first or n == 1:
-        return list(first)
-    return list(first) + list(consumer.consume(n - 1, 0))
-
-
 def _fmt(partitions: list[TopicPartition]) -> str:
     return ",".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
-
-
-# --------------------------------------------------------------------------- group-less reads
-
-
-@dataclass(frozen=True)
-class TopicRecord:
-    """One record read from a topic: value bytes, Kafka timestamp (ms since the epoch), headers, position."""
-
-    value: bytes | None
-    timestamp_ms: int | None
-    headers: Mapping[str, str]
-    partition: int = 0
-    offset: int = 0
-
-
-def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 120.0) -> list[TopicRecord]:
-    """Every record of a topic up to the high watermarks captured at the start, without a consumer group.
-
-    The partitions are *assigned* at their low watermarks (``assign``, no ``subscribe``), nothing is
-    committed, and the throwaway ``group.id`` librdkafka wants is never joined.
-
-    Args:
-        kafka: connection settings.
-        topic: the topic.
-        timeout_s: seconds allowed to read the range.
-
-    Raises:
-        ConfigError: the topic does not exist.
-        RetryableError: the range was not read within ``timeout_s``.
-    """
-    conf = base_config(kafka)
-    conf.update(
-        {
-            "group.id": f"ragstream-read-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 100,
-        }
-    )
-    consumer = Consumer(conf)
-    try:
-        meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise ConfigError(f"topic {topic!r} not found (wrong run name or prefix?)")
-        ends: dict[int, int] = {}
-        starts: list[Any] = []
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0, cached=False)
-            if high > low:
-                ends[p] = high
-                starts.append(TopicPartition(topic, p, low))
-        out: list[TopicRecord] = []
-        if not starts:
-            return out
-        consumer.assign(starts)
-        deadline = time.monotonic() + timeout_s
-        while ends:
-            if time.monotonic() > deadline:
-                raise RetryableError(
-                    f"reading {topic!r} took longer than {timeout_s:.0f} s (partitions left {sorted(ends)})"
-                )
-            for msg in consumer.consume(500, timeout=0.5):
-                p = msg.partition()
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF and p in ends and (msg.offset() or 0) >= ends[p]:
-                        del ends[p]
-                    continue
-                if p not in ends:
-                    continue
-                offset = msg.offset() or 0
-                if offset < ends[p]:
-                    ts_type, ts = msg.timestamp()
-                    headers = headers_to_dict(msg.headers())  # type: ignore[arg-type]  # consumed: a list
-                    out.append(TopicRecord(msg.value(), ts if ts_type else None, headers, p or 0, offset))
-                if offset >= ends[p] - 1:
-                    del ends[p]
-        log.info("read topic=%s records=%d", topic, len(out))
-        return out
-    finally:
-        consumer.close()
-
-
-def committed_offsets(
-    consumer: Consumer, partitions: list[TopicPartition], timeout_s: float = 10.0
-) -> dict[tuple[str, int], int]:
-    """Committed offsets of a group as ``{(topic, partition): offset}`` (``-1001`` = none committed)."""
-    out: dict[tuple[str, int], int] = {}
-    for tp in consumer.committed(partitions, timeout=timeout_s):
-        out[(tp.topic, tp.partition)] = tp.offset if tp.offset != OFFSET_INVALID else -1001
-    return out

@@ -2,7 +2,7 @@
 
 Every message is JSON with ``schema_version``, ``request_id`` (UUID) and ``created_at`` (UTC). Headers
 (``request_id``, ``traceparent``, ``deadline``) are written by ``workers/kafka.py``; serialization lives
-in :mod:`workers.serde`, not here. ``ragstream schema`` writes the JSON Schemas of these models.
+in :mod:`workers.contracts.serde`, not here. ``ragstream schema`` writes the JSON Schemas of these models.
 
 Units: every ``*_ms`` field and every value of a ``timings_ms`` map is in milliseconds; token counts are
 tokens of the named model's tokenizer.

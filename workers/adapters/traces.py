@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from workers.errors import ConfigError
+from workers.contracts.errors import ConfigError
 from workers.monitor.join import (
     AT_COLUMN,
     JSON_COLUMNS,
@@ -532,3 +533,18 @@ class TraceRecorder:
         """
         with self._pool.connection() as conn:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}, {e}").format(t=self._t, e=self._e))
+
+
+def answered_rows(database_url: str, table: str) -> int:
+    """Trace rows with a response in ``table`` over a one-off connection (0 when the table does not exist yet or the
+    database cannot be reached): how far a monitor has recorded a run."""
+    from workers.adapters.postgres import connect
+
+    try:
+        with connect(database_url, timeout_s=5) as conn:
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM {t} WHERE response_status IS NOT NULL").format(t=sql.Identifier(table))
+            ).fetchone()
+    except psycopg.Error:
+        return 0
+    return int(row[0]) if row else 0

@@ -42,10 +42,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from workers.errors import ConfigError, MessageError
-from workers.kafka import TopicRecord, read_topic
-from workers.messages import Provenance, Request, Response
-from workers.serde import decode
+from workers.contracts.errors import ConfigError, MessageError
+from workers.contracts.messages import Provenance, Request, Response
+from workers.contracts.serde import decode
+from workers.kafka.reader import TopicRecord, read_topic
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -1176,7 +1176,7 @@ def read_trace_table(database_url: str, table: str, label: str, ids: Iterable[uu
     from psycopg import sql
     from psycopg.rows import dict_row
 
-    from workers.errors import ServiceUnavailableError
+    from workers.contracts.errors import ServiceUnavailableError
 
     if not _TABLE_RE.match(table):
         raise ConfigError(f"bad trace table name {table!r}")
@@ -1232,7 +1232,7 @@ def load_run(
     """
     if source.kind == "table":
         return read_trace_table(settings.database_url.get_secret_value(), source.name, label, ids)
-    from workers.kafka import check_broker
+    from workers.kafka.admin import check_broker
 
     check_broker(settings.kafka)
     topics = settings.topics.model_copy(update={"prefix": source.name})

@@ -1,14 +1,12 @@
-"""Token counting with a tokenizer (local files or the LLM server's ``/tokenize``) and the server's limits.
+"""Token counting with a local tokenizer (HF ``tokenizers``), and an LRU cache in front of any counter.
 
 Two uses share this module:
 
 * prompt building counts tokens of the **LLM's** tokenizer (:class:`LLMTokenCounter`): either a local
-  tokenizer (:class:`LocalTokenizerCounter`) or the TGI server's ``POST /tokenize``
-  (:class:`ServerTokenizeCounter`);
+  tokenizer (:class:`LocalTokenizerCounter`) or the LLM server's ``POST /tokenize``
+  (:class:`workers.adapters.llm_server.ServerTokenizeCounter`), usually behind a :class:`CachedTokenCounter`;
 * ingestion counts and splits by tokens of the **embedding model's** tokenizer; the embedder hands out a
   :class:`LocalTokenizerCounter` built from its own ``tokenizer.json`` (see ``embedding.py``).
-
-:func:`fetch_server_limits` reads TGI's ``GET /info`` (``max_input_tokens``, ``max_total_tokens``).
 
 Nothing here imports torch, sentence-transformers or Kafka; nothing connects at import time.
 """
@@ -19,13 +17,10 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import httpx
-
-from workers.errors import ConfigError, PermanentError, RetryableError, ServiceUnavailableError
+from workers.contracts.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -198,135 +193,3 @@ def _load_tokenizer(path_or_id: str | Path) -> Any:
     if backend is None:
         raise ConfigError(f"tokenizer at {path_or_id!r} is not a fast (tokenizers) tokenizer")
     return Tokenizer.from_str(backend.to_str())
-
-
-class ServerTokenizeCounter:
-    """Counts tokens with the LLM server's TGI ``POST /tokenize`` (one request per text).
-
-    Args:
-        base_url: server root, e.g. ``http://127.0.0.1:8080``.
-        client: an ``httpx.Client`` to use (tests pass one with a ``MockTransport``); when ``None`` one is
-            created and owned (close it with :meth:`close`).
-        timeout_s: per-request timeout (seconds) of an owned client.
-
-    Raises (from :meth:`count`):
-        RetryableError: the server cannot be reached, times out, or answers 429/5xx.
-        PermanentError: the server answers another 4xx or a body that is not a JSON list.
-    """
-
-    def __init__(self, base_url: str, *, client: httpx.Client | None = None, timeout_s: float = 10.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._owns = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout_s)
-
-    def count(self, texts: list[str]) -> list[int]:
-        """Return the number of tokens the server's tokenizer makes of each text."""
-        out: list[int] = []
-        for text in texts:
-            data = _request_json(self._client, "POST", f"{self.base_url}/tokenize", json={"inputs": text})
-            if not isinstance(data, list):
-                raise PermanentError(f"/tokenize returned {type(data).__name__}, expected a JSON list of tokens")
-            out.append(len(data))
-        return out
-
-    def close(self) -> None:
-        """Close the HTTP client if this object created it."""
-        if self._owns:
-            self._client.close()
-
-    def __enter__(self) -> ServerTokenizeCounter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _request_json(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
-    try:
-        resp = client.request(method, url, **kwargs)
-    except httpx.TimeoutException as exc:
-        raise RetryableError(f"{method} {url} timed out: {exc}") from exc
-    except httpx.TransportError as exc:
-        raise RetryableError(f"{method} {url} failed: {exc}") from exc
-    if resp.status_code == 429 or resp.status_code >= 500:
-        raise RetryableError(f"{method} {url} answered {resp.status_code}: {resp.text[:200]}")
-    if resp.status_code >= 400:
-        raise PermanentError(f"{method} {url} answered {resp.status_code}: {resp.text[:200]}")
-    try:
-        return resp.json()
-    except ValueError as exc:
-        raise PermanentError(f"{method} {url} returned a body that is not JSON: {resp.text[:200]!r}") from exc
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """Token limits of the LLM server (TGI ``/info``).
-
-    Attributes:
-        max_input_tokens: most prompt tokens the server accepts (``None`` if it does not say).
-        max_total_tokens: most prompt + generated tokens of one request (``None`` if it does not say).
-        model_id: the served model's id, if given.
-    """
-
-    max_input_tokens: int | None
-    max_total_tokens: int | None
-    model_id: str | None = None
-
-
-def parse_server_info(info: dict[str, Any]) -> ServerLimits:
-    """Read the limits from a TGI ``/info`` JSON body.
-
-    Current TGI names them ``max_input_tokens`` and ``max_total_tokens``; older versions use
-    ``max_input_length``. Missing or non-integer values become ``None``.
-    """
-
-    def _int(*keys: str) -> int | None:
-        for key in keys:
-            val = info.get(key)
-            if isinstance(val, int) and not isinstance(val, bool) and val > 0:
-                return val
-        return None
-
-    model = info.get("model_id")
-    return ServerLimits(
-        max_input_tokens=_int("max_input_tokens", "max_input_length"),
-        max_total_tokens=_int("max_total_tokens"),
-        model_id=model if isinstance(model, str) else None,
-    )
-
-
-def fetch_server_limits(base_url: str, *, client: httpx.Client | None = None, timeout_s: float = 10.0) -> ServerLimits:
-    """Ask a TGI-compatible server for its token limits (``GET /info``).
-
-    Args:
-        base_url: server root, e.g. ``http://127.0.0.1:8080``.
-        client: an ``httpx.Client`` to use; a short-lived one is created when ``None``.
-        timeout_s: request timeout (seconds) of a created client.
-
-    Returns:
-        The server's limits; fields the server does not report are ``None``.
-
-    Raises:
-        ServiceUnavailableError: the server cannot be reached or answers with an error.
-    """
-    url = f"{base_url.rstrip('/')}/info"
-    own = client is None
-    http = client if client is not None else httpx.Client(timeout=timeout_s)
-    try:
-        data = _request_json(http, "GET", url)
-    except (RetryableError, PermanentError) as exc:
-        raise ServiceUnavailableError(f"cannot read the LLM server's limits: {exc}") from exc
-    finally:
-        if own:
-            http.close()
-    if not isinstance(data, dict):
-        raise ServiceUnavailableError(f"GET {url} returned {type(data).__name__}, expected a JSON object")
-    limits = parse_server_info(data)
-    logger.info(
-        "llm server limits url=%s model=%s max_input_tokens=%s max_total_tokens=%s",
-        base_url,
-        limits.model_id,
-        limits.max_input_tokens,
-        limits.max_total_tokens,
-    )
-    return limits

@@ -29,18 +29,16 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from workers.db import describe_url
-from workers.errors import (
+from workers.adapters.postgres import first_line
+from workers.contracts.errors import (
     ConfigError,
     DimensionMismatchError,
     PermanentError,
     RetryableError,
-    ServiceUnavailableError,
 )
 
 logger = logging.getLogger(__name__)
@@ -97,66 +95,6 @@ class Hit:
     score: float
 
 
-_describe = describe_url
-
-
-def open_pool(url: str, min_size: int = 1, max_size: int = 4, *, timeout_s: float = 10.0) -> ConnectionPool:
-    """Open a psycopg connection pool whose connections know pgvector's types.
-
-    First connects once (with ``connect_timeout``) to fail fast with a clear message and to run
-    ``CREATE EXTENSION IF NOT EXISTS vector`` (the type must exist before ``register_vector``).
-
-    Args:
-        url: libpq URL or DSN, e.g. ``postgresql://postgres@127.0.0.1:5432/ragstream``.
-        min_size: connections kept open.
-        max_size: most connections at once.
-        timeout_s: seconds to wait for the server at start-up (also the pool's wait for a connection).
-
-    Returns:
-        An open pool; close it with ``pool.close()`` (or use it as a context manager).
-
-    Raises:
-        ServiceUnavailableError: the database cannot be reached, refuses the login, or lacks pgvector.
-    """
-    where = _describe(url)
-    connect_timeout = max(1, int(timeout_s))
-    try:
-        with psycopg.connect(url, connect_timeout=connect_timeout, autocommit=True) as conn:
-            try:
-                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            except psycopg.Error as exc:
-                raise ServiceUnavailableError(
-                    f"PostgreSQL at {where} has no pgvector extension and it cannot be created: {_first_line(exc)}"
-                ) from exc
-    except psycopg.Error as exc:
-        raise ServiceUnavailableError(f"cannot connect to PostgreSQL at {where}: {_first_line(exc)}") from exc
-
-    pool = ConnectionPool(
-        url,
-        min_size=min_size,
-        max_size=max_size,
-        kwargs={"connect_timeout": connect_timeout},
-        configure=register_vector,
-        timeout=timeout_s,
-        open=False,
-        name=f"ragstream-store-{where}",
-    )
-    try:
-        pool.open(wait=True, timeout=timeout_s)
-    except PoolTimeout as exc:
-        pool.close()
-        raise ServiceUnavailableError(
-            f"cannot open a connection pool to PostgreSQL at {where} within {timeout_s:g} s"
-        ) from exc
-    logger.info("database pool open where=%s min_size=%d max_size=%d", where, min_size, max_size)
-    return pool
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 @contextlib.contextmanager
 def _translate(action: str) -> Iterator[None]:
     try:
@@ -166,11 +104,11 @@ def _translate(action: str) -> Iterator[None]:
     except PoolTimeout as exc:
         raise RetryableError(f"{action}: no database connection available: {exc}") from exc
     except psycopg.errors.UndefinedTable as exc:
-        raise ConfigError(f"{action}: {_first_line(exc)} (run `ragstream ingest` first?)") from exc
+        raise ConfigError(f"{action}: {first_line(exc)} (run `ragstream ingest` first?)") from exc
     except psycopg.OperationalError as exc:
-        raise RetryableError(f"{action}: database unavailable: {_first_line(exc)}") from exc
+        raise RetryableError(f"{action}: database unavailable: {first_line(exc)}") from exc
     except psycopg.Error as exc:
-        raise PermanentError(f"{action}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise PermanentError(f"{action}: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
 class VectorStore:

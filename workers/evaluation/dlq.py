@@ -14,12 +14,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, Message, Producer
-
-from workers.errors import ConfigError, MessageError
-from workers.kafka import check_broker, producer_config, read_topic
-from workers.messages import DeadLetter
-from workers.serde import decode
+from workers.contracts.errors import ConfigError, MessageError
+from workers.contracts.messages import DeadLetter
+from workers.contracts.serde import decode
+from workers.kafka.admin import check_broker
+from workers.kafka.producer import KafkaProducer
+from workers.kafka.reader import read_topic
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -149,33 +149,21 @@ def replay_dead_letters(
         for r in chosen:
             report.by_topic[r.letter.source_topic] = report.by_topic.get(r.letter.source_topic, 0) + 1
         return report
-    producer = Producer(producer_config(settings.kafka))
 
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+    def on_delivery(err: object, msg: object) -> None:
         if err is None:
             report.delivered += 1
         else:
             report.failed += 1
-            log.error("dlq replay delivery failed topic=%s: %s", msg.topic(), err)
+            log.error("dlq replay delivery failed: %s", err)
 
-    for r in chosen:
-        d = r.letter
-        headers = dict(d.headers)
-        headers["dlq_replayed_from"] = f"{settings.topics.name('dead_letter')}/{r.partition}/{r.offset}"
-        key = base64.b64decode(d.key) if d.key is not None else None
-        while True:
-            try:
-                producer.produce(
-                    d.source_topic,
-                    value=base64.b64decode(d.value_b64),
-                    key=key,
-                    headers=list(headers.items()),
-                    on_delivery=on_delivery,
-                )
-                break
-            except BufferError:
-                producer.poll(0.1)
-        report.by_topic[d.source_topic] = report.by_topic.get(d.source_topic, 0) + 1
-    left = producer.flush(30.0)
-    report.failed += left
+    with KafkaProducer(settings.kafka) as producer:
+        for r in chosen:
+            d = r.letter
+            headers = dict(d.headers)
+            headers["dlq_replayed_from"] = f"{settings.topics.name('dead_letter')}/{r.partition}/{r.offset}"
+            key = base64.b64decode(d.key) if d.key is not None else None
+            producer.produce(d.source_topic, base64.b64decode(d.value_b64), key, headers, on_delivery)
+            report.by_topic[d.source_topic] = report.by_topic.get(d.source_topic, 0) + 1
+        report.failed += producer.flush(30.0)
     return report

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from workers.errors import MessageError
+from workers.contracts.errors import MessageError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -1,0 +1,112 @@
+"""Transport-neutral records: a consumed input, an output to produce, headers, dead letters.
+
+The stream runner (:mod:`workers.stream.runner`) turns :class:`Incoming` records into :class:`Output` records;
+the Kafka worker loop (:mod:`workers.kafka.loop`) builds the former from consumed messages and produces the
+latter. Nothing here imports a Kafka client: a record is plain data (topic, partition, offset, key, value bytes,
+headers), so the runner and the stages can be used and tested without a broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from workers.contracts.errors import RagError
+from workers.contracts.messages import DeadLetter
+from workers.contracts.serde import encode
+
+#: Raw bytes of a failed message kept in its dead letter (512 KiB: base64 makes it ~700 KB, so a dead letter fits
+#: a broker's default 1 MiB ``message.max.bytes``). A longer value is cut there and flagged ``value_truncated``
+#: with its full length in ``value_bytes`` (such a dead letter cannot be replayed to its source).
+DEAD_LETTER_MAX_VALUE_BYTES = 512 * 1024
+
+#: Header names carried from input to output (DESIGN.md §4).
+PROPAGATED_HEADERS = ("request_id", "traceparent", "deadline")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One consumed message as the handler sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+    timestamp_ms: int
+    #: Monotonic time (s) the loop received it, for queue-time measurements.
+    received_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Output:
+    """A message to produce for an input: topic, key, value bytes and headers."""
+
+    topic: str
+    value: bytes
+    key: bytes | str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def output_headers(incoming: Incoming, **extra: str) -> dict[str, str]:
+    """Headers for an output: the propagated ones of the input (request_id, traceparent, deadline) + extra."""
+    out = {k: v for k, v in incoming.headers.items() if k in PROPAGATED_HEADERS}
+    out.update(extra)
+    return out
+
+
+def dead_letter(
+    incoming: Incoming,
+    *,
+    topic: str,
+    stage: str,
+    error: BaseException,
+    attempts: int = 1,
+    request_id: uuid.UUID | None = None,
+    first_failure_at: datetime | None = None,
+) -> Output:
+    """Build the dead-letter :class:`Output` for an input that a stage could not process.
+
+    The DeadLetter carries the raw value (base64), the source topic/partition/offset and key, the error
+    class (``RagError.error_class`` or the exception type name) and message, the stage and attempts.
+    """
+    now = datetime.now(UTC)
+    rid = request_id
+    if rid is None:
+        try:
+            rid = uuid.UUID(incoming.headers.get("request_id", ""))
+        except ValueError:
+            rid = None
+    error_class = error.error_class if isinstance(error, RagError) else type(error).__name__
+    raw = incoming.value or b""
+    dl = DeadLetter(
+        request_id=rid,
+        source_topic=incoming.topic,
+        partition=incoming.partition,
+        offset=incoming.offset,
+        key=base64.b64encode(incoming.key).decode("ascii") if incoming.key is not None else None,
+        value_b64=base64.b64encode(raw[:DEAD_LETTER_MAX_VALUE_BYTES]).decode("ascii"),
+        value_bytes=len(raw),
+        value_truncated=len(raw) > DEAD_LETTER_MAX_VALUE_BYTES,
+        headers=incoming.headers,
+        error_class=error_class,
+        error_message=str(error)[:2000] or type(error).__name__,
+        stage=stage,
+        attempts=attempts,
+        first_failure_at=first_failure_at or now,
+        last_failure_at=now,
+    )
+    return Output(
+        topic=topic,
+        value=encode(dl),
+        key=incoming.key,
+        headers=output_headers(incoming, error_class=error_class, stage=stage),
+    )
+
+
+Handler = Callable[[list[Incoming]], Awaitable[Sequence[Sequence[Output]]]]
