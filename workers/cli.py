@@ -541,6 +541,11 @@ def dlq_replay(
         raise typer.Exit(1)
 
 
+from workers.planning.command import plan as _plan_command  # noqa: E402  (registered last, after the other commands)
+
+app.command("plan")(_plan_command)
+
+
 def main() -> None:
     """Entry point of the ``ragstream`` console script: one-line errors instead of tracebacks."""
     try:
