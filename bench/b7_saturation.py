@@ -2,7 +2,7 @@
 
 The simulated server generates at most ``capacity`` requests at once (12) and answers 429 above
 ``max_concurrent_requests`` (24); the generator is told neither. Many closed-loop callers (48, more than any
-limit) keep the generator's LLM client (:class:`workers.adapters.llm_server.LLMClient`, the code the generator
+limit) keep the generator's LLM client (:class:`workers.adapters.llm_server.LLMServerClient`, the code the generator
 worker calls, with its retries) saturated for a fixed time; the figure is completed answers per second. A
 sweep over fixed limits picks the best one; then the adaptive client (a fresh limiter every run, so each run
 includes finding the limit) and the best fixed one alternate.
@@ -16,7 +16,8 @@ from typing import Any
 
 from bench.core import CpuMeter, Row, Run, Side, alternate
 from bench.env import BenchEnv
-from workers.adapters.llm_server import LLMClient, LLMRetryableError
+from workers.adapters.llm_server import LLMServerClient
+from workers.contracts.errors import LLMRetryableError
 from workers.contracts.messages import ChatMessage, GenerationParams
 from workers.settings import LLMSettings
 
@@ -36,7 +37,7 @@ _MESSAGES = [
 
 async def _drive(url: str, adaptive: bool, limit: int, duration_s: float) -> tuple[int, int]:
     settings = LLMSettings(url=url, adaptive=adaptive, max_in_flight=limit, timeout_s=30)
-    llm = LLMClient(settings)
+    llm = LLMServerClient(settings)
     params = GenerationParams(max_new_tokens=NEW_TOKENS)
     done = failed = 0
     stop_at = time.perf_counter() + duration_s

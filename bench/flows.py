@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from workers.adapters.llm_server import LLMClient
+from workers.adapters.llm_server import LLMServerClient
 from workers.client import RagClient
 from workers.contracts.messages import ChatMessage, GenerationParams, Prompt, Request, Response
 from workers.contracts.serde import decode, encode
@@ -74,7 +74,7 @@ def pipeline_loop(client: RagClient, queries: list[str], concurrency: int, n: in
 async def _closed_loop_direct(
     settings: LLMSettings, prompts: list[list[ChatMessage]], concurrency: int, n: int, max_new_tokens: int
 ) -> LoopResult:
-    llm = LLMClient(settings)
+    llm = LLMServerClient(settings)
     left = [n]
     res = LoopResult(0.0)
     params = GenerationParams(max_new_tokens=max_new_tokens)

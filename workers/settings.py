@@ -110,6 +110,11 @@ class LLMSettings(_Section):
 
     url: str = "http://127.0.0.1:8080"
     token: SecretStr | None = None
+    #: Host the model in this process instead of calling ``url``: an engine of the devstack LLM server
+    #: (``transformers``, ``simulated``; see ``workers/adapters/llm_engine.py``). Empty: the HTTP server at ``url``.
+    engine: str = ""
+    #: Engine options as the devstack server's command line takes them (``--model /path``, ``--ttft-ms 50``).
+    engine_args: str = ""
     #: "chat": Messages API (/v1/chat/completions); "text_generation": TGI's /generate.
     api: Literal["chat", "text_generation"] = "chat"
     #: Adapt the bound on requests in flight to the server (TTFT growth, 429s; see
@@ -127,6 +132,24 @@ class LLMSettings(_Section):
     max_attempts: int = 4
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
+
+
+class RetrySettings(_Section):
+    """Bounded retries of retryable failures outside the LLM call (see ``workers/retry.py``; the LLM call's own
+    are ``llm.max_attempts``, ``llm.backoff_*``). Attempts count the first call; backoffs are seconds."""
+
+    #: A stage's micro-batch in the stream runner (8 attempts wait about 30 s in all; the inputs stay in flight).
+    handler_max_attempts: int = Field(8, ge=1)
+    handler_backoff_initial_s: float = 0.25
+    handler_backoff_max_s: float = 8.0
+    #: One answer-store call of the generator (6 attempts wait about 6 s; then it goes on without the store).
+    store_max_attempts: int = Field(6, ge=1)
+    store_backoff_initial_s: float = 0.2
+    store_backoff_max_s: float = 2.0
+    #: One trace-table write of the monitor; it acks nothing unwritten, so it waits long (720 ≈ 2 h at 10 s).
+    database_max_attempts: int = Field(720, ge=1)
+    database_backoff_initial_s: float = 0.5
+    database_backoff_max_s: float = 10.0
 
 
 class GeneratorSettings(_Section):
@@ -168,6 +191,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     generator: GeneratorSettings = GeneratorSettings()
     monitor: MonitorSettings = MonitorSettings()
+    retry: RetrySettings = RetrySettings()
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -19,7 +19,9 @@ from workers.adapters.answers import PgAnswerStore
 from workers.adapters.postgres import open_async_pool
 from workers.contracts.messages import ChatMessage, DeadLetter, Prompt, Request, Response
 from workers.contracts.serde import decode, encode
-from workers.generator.app import GeneratorMetrics, GeneratorService, build_llm
+from workers.generator.app import build_llm, build_runner
+from workers.generator.metrics import GeneratorMetrics
+from workers.generator.stage import GeneratorStage
 from workers.kafka.config import consumer_config
 from workers.kafka.loop import LoopConfig, WorkerLoop, build_loop_metrics
 from workers.kafka.producer import KafkaProducer
@@ -71,7 +73,7 @@ class Harness:
         await store.ensure_schema()
         llm = build_llm(self.settings, self.metrics)
         await llm.info()
-        service = GeneratorService(self.settings, llm, self.metrics, store)
+        runner = build_runner(self.settings, [GeneratorStage(llm, self.metrics)], store, self.registry)
         loop = WorkerLoop(
             LoopConfig(
                 role="generator",
@@ -83,7 +85,7 @@ class Harness:
             ),  # fmt: skip
             Consumer(consumer_config(self.settings.kafka, self.group)),
             KafkaProducer(self.settings.kafka, poll_after_produce=False),
-            service.handle,
+            runner.handle,
             self.loop_metrics,
         )
         task = asyncio.create_task(loop.run())
@@ -151,7 +153,7 @@ def test_error_inside_stream_is_a_typed_failure_not_a_partial_answer(
     assert r.status == "error" and r.answer is None
     assert r.error is not None and r.error.error_class == "llm_stream_error"
     assert len(dls) == 1 and dls[0].error_class == "llm_stream_error" and dls[0].request_id == p.request_id
-    assert h.counter("ragstream_generator_llm_errors_total", error_class="llm_stream_error") == 1
+    assert h.counter("ragstream_generator_errors_total", stage="generator", error_class="llm_stream_error") == 1
     assert not any(x.status == "ok" for x in responses)
 
 
@@ -181,5 +183,5 @@ def test_expired_prompt_is_answered_without_gpu_time(stack: Any, sim_llm: Any, u
     responses, _ = asyncio.run(h.run_until(1))
     assert [r.status for r in responses] == ["expired"]
     assert sim_llm.stats()["requests_seen"] == 0
-    assert h.counter("ragstream_generator_expired_total") == 1
+    assert h.counter("ragstream_generator_expired_total", stage="generator") == 1
     assert uuid.UUID(str(responses[0].request_id)) == p.request_id

@@ -15,10 +15,12 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from workers.adapters.llm_server import LLMClient
+from workers.adapters.llm_server import LLMServerClient
 from workers.contracts.messages import ChatMessage, DeadLetter, Prompt, Request, Response
 from workers.contracts.serde import decode, encode
-from workers.generator.app import GeneratorMetrics, GeneratorService
+from workers.generator.app import build_runner
+from workers.generator.metrics import GeneratorMetrics
+from workers.generator.stage import GeneratorStage
 from workers.kafka.config import consumer_config
 from workers.kafka.loop import LoopConfig, WorkerLoop, build_loop_metrics
 from workers.kafka.producer import KafkaProducer
@@ -85,9 +87,9 @@ def test_generator_answers_each_prompt_once_and_dead_letters_bad_ones(
 
     async def run() -> None:
         registry = CollectorRegistry()
-        llm = LLMClient(settings.llm)
+        llm = LLMServerClient(settings.llm)
         await llm.info()
-        service = GeneratorService(settings, llm, GeneratorMetrics(registry))
+        runner = build_runner(settings, [GeneratorStage(llm, GeneratorMetrics(registry))], None, registry)
         group = f"gen-{unique}"
         loop = WorkerLoop(
             LoopConfig(
@@ -100,7 +102,7 @@ def test_generator_answers_each_prompt_once_and_dead_letters_bad_ones(
             ),
             Consumer(consumer_config(settings.kafka, group)),
             KafkaProducer(settings.kafka, poll_after_produce=False),
-            service.handle,
+            runner.handle,
             build_loop_metrics(registry, role="generator"),
         )
         task = asyncio.create_task(loop.run())

@@ -10,12 +10,12 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from workers.adapters.embedding import Embedder, EmbedResult
-from workers.adapters.llm_server import ServerTokenizeCounter, fetch_server_limits
+from workers.adapters.llm_server import LLMServerClient
 from workers.adapters.pgvector import VectorStore
 from workers.adapters.postgres import open_pool
 from workers.retriever.ingest import chunk_text, ingest, python_docs_documents
 from workers.retriever.prompt import build_prompt, get_template
-from workers.settings import EmbeddingSettings
+from workers.settings import EmbeddingSettings, LLMSettings
 
 
 class CountingEmbedder:
@@ -88,21 +88,22 @@ def test_ingest_python_docs_twice_adds_nothing_the_second_time(embedder: Embedde
 def test_prompt_fits_the_stack_llm_server(stack, embedder: Embedder) -> None:  # type: ignore[no-untyped-def]
     """Chunks of the docs, the server's /info limits and /tokenize counts: the server accepts the prompt and
     counts no more prompt tokens (chat template included) than build_prompt did."""
-    limits = fetch_server_limits(stack.llm_url)
+    server = LLMServerClient(LLMSettings(url=stack.llm_url))
+    limits = server.fetch_info()
     assert limits.max_total_tokens is not None
     docs = dict(python_docs_documents())
     hits = [c for doc in ("with", "try", "for") for c in chunk_text(doc, docs[doc], embedder.tokenizer)][:8]
     max_new_tokens = limits.max_total_tokens - 700  # leaves ~700 prompt tokens: some passages must go
-    with ServerTokenizeCounter(stack.llm_url) as counter:
-        built = build_prompt(
-            "How does the with statement work?",
-            hits,
-            get_template("default"),
-            counter.count,
-            limits.max_input_tokens,
-            limits.max_total_tokens,
-            max_new_tokens,
-        )
+    built = build_prompt(
+        "How does the with statement work?",
+        hits,
+        get_template("default"),
+        server.count,
+        limits.max_input_tokens,
+        limits.max_total_tokens,
+        max_new_tokens,
+    )
+    server.close_sync()
     assert built.prompt_tokens + max_new_tokens <= limits.max_total_tokens
     assert 0 < len(built.passages_kept) < len(hits)
     assert built.passages_kept == hits[: len(built.passages_kept)]

@@ -13,15 +13,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from workers.adapters.embedding import Embedder
-from workers.adapters.llm_server import ServerTokenizeCounter, fetch_server_limits
+from workers.adapters.llm_server import LLMServerClient
 from workers.adapters.pgvector import ChunkRow, VectorStore
 from workers.adapters.postgres import open_pool
 from workers.adapters.tokenizers import LocalTokenizerCounter
 from workers.contracts.messages import DeadLetter, Prompt, Request, Response
 from workers.contracts.serde import decode, encode
-from workers.retriever.app import RetrieverMetrics, RetrieverService
+from workers.retriever.app import build_runner
 from workers.retriever.ingest import content_hash
-from workers.settings import EmbeddingSettings, KafkaSettings, RetrieverSettings, Settings
+from workers.retriever.stage import RetrieverStage
+from workers.settings import EmbeddingSettings, KafkaSettings, LLMSettings, RetrieverSettings, Settings
 from workers.stream.records import Incoming
 
 QUERY = "What does the assert statement do when its condition is false?"
@@ -62,11 +63,12 @@ def test_huge_first_ranked_passage_is_capped_then_too_large_output_is_dead_lette
         store.upsert(rows)
         assert store.search(embedder.encode([QUERY]).vectors[0], 4)[0].chunk_id == "huge#0"  # it ranks first
 
-        limits = fetch_server_limits(stack.llm_url)
+        limits = LLMServerClient(LLMSettings(url=stack.llm_url)).fetch_info()
         tok = getattr(stack, "llm_tokenizer_path", "")
-        counter = LocalTokenizerCounter(tok) if tok else ServerTokenizeCounter(stack.llm_url)
+        counter = LocalTokenizerCounter(tok) if tok else LLMServerClient(LLMSettings(url=stack.llm_url))
         settings = Settings(retriever=RetrieverSettings(table=table, top_k=4))
-        service = RetrieverService(settings, embedder, store, counter, limits, RetrieverMetrics(CollectorRegistry()))
+        stage = RetrieverStage(settings.retriever, embedder, store, counter, limits)
+        service = build_runner(settings, stage, CollectorRegistry())
         req = Request(query=QUERY, generation={"max_new_tokens": 256})
         outs = asyncio.run(service.handle([_incoming(req, 0)]))[0]
         assert len(outs) == 1 and outs[0].topic == settings.topics.name("prompts")
@@ -78,7 +80,7 @@ def test_huge_first_ranked_passage_is_capped_then_too_large_output_is_dead_lette
 
         # a producer limit the prompt cannot meet: an error answer and a dead letter, and the worker goes on
         tight = Settings(retriever=RetrieverSettings(table=table, top_k=4), kafka=KafkaSettings(message_max_bytes=600))
-        service2 = RetrieverService(tight, embedder, store, counter, limits, RetrieverMetrics(CollectorRegistry()))
+        service2 = build_runner(tight, stage, CollectorRegistry())
         outs = asyncio.run(service2.handle([_incoming(req, 1)]))[0]
         by_topic = {o.topic: o for o in outs}
         resp = decode(by_topic[tight.topics.name("responses")].value, Response)

@@ -7,7 +7,8 @@ import pytest
 from faust.types.auth import AuthProtocol, SASLMechanism
 
 from workers.contracts.errors import ConfigError
-from workers.monitor.app import create_app, faust_credentials
+from workers.kafka.faust_config import faust_credentials
+from workers.monitor.app import create_app
 from workers.settings import load_settings
 
 

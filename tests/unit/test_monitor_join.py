@@ -268,8 +268,8 @@ def test_trace_status_precedence() -> None:
 def test_sink_assemble_batch_records_undecodable_messages() -> None:
     from prometheus_client import CollectorRegistry
 
-    from workers.monitor.app import MonitorSink, topic_names
     from workers.monitor.metrics import build_metrics
+    from workers.monitor.sink import MonitorSink, topic_names
     from workers.settings import Settings, TopicSettings
 
     settings = Settings(topics=TopicSettings(prefix="x."))

@@ -7,8 +7,7 @@ import uuid
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from workers.adapters.traces import BatchResult
-from workers.monitor.join import STAGES, ErrorRecord, KafkaCoords, TraceChange
+from workers.monitor.join import STAGES, BatchResult, ErrorRecord, KafkaCoords, TraceChange
 from workers.monitor.metrics import LATENCY_BUCKETS_S, build_metrics
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from workers.adapters.llm_server import ServerLimits, ServerTokenizeCounter, fetch_server_limits, parse_server_info
-from workers.adapters.tokenizers import CachedTokenCounter, LLMTokenCounter
+from workers.adapters.interfaces import LLMTokenCounter, ServerInfo
+from workers.adapters.llm_server import LLMServerClient, parse_server_info
+from workers.adapters.tokenizers import CachedTokenCounter
 from workers.contracts.errors import (
     ConfigError,
     PermanentError,
@@ -25,6 +26,7 @@ from workers.retriever.prompt import (
     build_prompt,
     get_template,
 )
+from workers.settings import LLMSettings
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ def test_server_tokenize_counter_counts_the_returned_tokens() -> None:
         return httpx.Response(200, json=toks)
 
     with _mock(handler) as client:
-        counter = ServerTokenizeCounter("http://llm:8080/", client=client)
+        counter = LLMServerClient(LLMSettings(url="http://llm:8080/"), http=client)
         assert isinstance(counter, LLMTokenCounter)
         assert counter.count(["a b c", "one", ""]) == [3, 1, 0]
     assert seen[0] == {"inputs": "a b c"}
@@ -209,7 +211,7 @@ def test_server_tokenize_counter_counts_the_returned_tokens() -> None:
 def test_server_tokenize_counter_classifies_errors(status: int, error: type[Exception]) -> None:
     with _mock(lambda request: httpx.Response(status, text="nope")) as client:
         with pytest.raises(error, match=str(status)):
-            ServerTokenizeCounter("http://llm", client=client).count(["x"])
+            LLMServerClient(LLMSettings(url="http://llm"), http=client).count(["x"])
 
 
 def test_server_tokenize_counter_unreachable_is_retryable() -> None:
@@ -217,15 +219,15 @@ def test_server_tokenize_counter_unreachable_is_retryable() -> None:
         raise httpx.ConnectError("connection refused", request=request)
 
     with _mock(handler) as client, pytest.raises(RetryableError, match="refused"):
-        ServerTokenizeCounter("http://llm", client=client).count(["x"])
+        LLMServerClient(LLMSettings(url="http://llm"), http=client).count(["x"])
 
 
 def test_parse_server_info_current_and_old_tgi() -> None:
-    assert parse_server_info({"model_id": "m", "max_input_tokens": 1024, "max_total_tokens": 2048}) == ServerLimits(
-        1024, 2048, "m"
+    assert parse_server_info({"model_id": "m", "max_input_tokens": 1024, "max_total_tokens": 2048}) == ServerInfo(
+        "m", max_input_tokens=1024, max_total_tokens=2048
     )
     assert parse_server_info({"max_input_length": 1000, "max_total_tokens": 1512}).max_input_tokens == 1000
-    assert parse_server_info({}) == ServerLimits(None, None, None)
+    assert parse_server_info({}) == ServerInfo("unknown")
 
 
 def test_fetch_server_limits() -> None:
@@ -234,7 +236,8 @@ def test_fetch_server_limits() -> None:
         return httpx.Response(200, json={"model_id": "tiny", "max_input_tokens": 1535, "max_total_tokens": 2048})
 
     with _mock(handler) as client:
-        assert fetch_server_limits("http://llm", client=client) == ServerLimits(1535, 2048, "tiny")
+        info = LLMServerClient(LLMSettings(url="http://llm"), http=client).fetch_info()
+        assert info == ServerInfo("tiny", max_input_tokens=1535, max_total_tokens=2048)
     with _mock(lambda r: httpx.Response(503, text="loading")) as client:
         with pytest.raises(ServiceUnavailableError):
-            fetch_server_limits("http://llm", client=client)
+            LLMServerClient(LLMSettings(url="http://llm"), http=client).fetch_info()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import timedelta
-from typing import Protocol
 
 from psycopg import errors as pg_errors
 from psycopg import sql
@@ -35,20 +34,9 @@ log = logging.getLogger(__name__)
 FINAL_STATUSES = frozenset({"ok", "error", "expired"})
 
 
-class AnswerStore(Protocol):
-    """Finished answers by request id."""
-
-    async def get(self, request_id: uuid.UUID) -> Response | None:
-        """The stored Response for this request id, or ``None``."""
-        ...
-
-    async def put(self, response: Response) -> bool:
-        """Store a final Response (first write wins); True when it was new."""
-        ...
-
-
 class PgAnswerStore:
-    """:class:`AnswerStore` in a PostgreSQL table ``(request_id uuid primary key, status, response jsonb)``.
+    """:class:`~workers.adapters.interfaces.AnswerStore` in a PostgreSQL table
+    ``(request_id uuid primary key, status, response jsonb)``.
 
     Args:
         pool: an open psycopg ``AsyncConnectionPool``.

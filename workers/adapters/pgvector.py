@@ -33,6 +33,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from workers.adapters.interfaces import Hit
 from workers.adapters.postgres import first_line
 from workers.contracts.errors import (
     ConfigError,
@@ -78,21 +79,6 @@ class ChunkRow:
     token_count: int
     embedding: VectorLike
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result.
-
-    Attributes:
-        score: cosine similarity ``1 - cosine_distance`` (1 = same direction, 0 = orthogonal, -1 = opposite).
-    """
-
-    chunk_id: str
-    document_id: str
-    chunk_index: int
-    text: str
-    score: float
 
 
 @contextlib.contextmanager

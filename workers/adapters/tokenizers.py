@@ -4,7 +4,7 @@ Two uses share this module:
 
 * prompt building counts tokens of the **LLM's** tokenizer (:class:`LLMTokenCounter`): either a local
   tokenizer (:class:`LocalTokenizerCounter`) or the LLM server's ``POST /tokenize``
-  (:class:`workers.adapters.llm_server.ServerTokenizeCounter`), usually behind a :class:`CachedTokenCounter`;
+  (:meth:`workers.adapters.llm_server.LLMServerClient.count`), usually behind a :class:`CachedTokenCounter`;
 * ingestion counts and splits by tokens of the **embedding model's** tokenizer; the embedder hands out a
   :class:`LocalTokenizerCounter` built from its own ``tokenizer.json`` (see ``embedding.py``).
 
@@ -18,20 +18,12 @@ import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
+from workers.adapters.interfaces import LLMTokenCounter
 from workers.contracts.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class LLMTokenCounter(Protocol):
-    """Counts tokens of texts as one tokenizer sees them."""
-
-    def count(self, texts: list[str]) -> list[int]:
-        """Return the number of tokens of each text (special tokens the tokenizer adds included)."""
-        ...
 
 
 class LocalTokenizerCounter:

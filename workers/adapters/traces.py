@@ -32,16 +32,16 @@ import logging
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from workers.contracts.errors import ConfigError
+from workers.adapters.postgres import first_line
+from workers.contracts.errors import ConfigError, PermanentError, RetryableError
 from workers.monitor.join import (
     AT_COLUMN,
     JSON_COLUMNS,
@@ -49,8 +49,8 @@ from workers.monitor.join import (
     OWNED_COLUMNS,
     SIG_COLUMN,
     STATE_COLUMNS,
+    BatchResult,
     ErrorRecord,
-    TraceChange,
     TraceUpdate,
     merge_updates,
     resolve,
@@ -204,24 +204,6 @@ def pg_safe_json(value: Any) -> str:
     return _JSON_NUL.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
 
 
-@dataclass(frozen=True)
-class BatchResult:
-    """What one :meth:`TraceRecorder.write_batch` changed.
-
-    Attributes:
-        changes: one entry per trace row that was inserted or changed (redeliveries are absent).
-        errors_inserted: the error records that were new (already-stored ones are absent).
-    """
-
-    changes: list[TraceChange] = field(default_factory=list)
-    errors_inserted: list[ErrorRecord] = field(default_factory=list)
-
-    @property
-    def rows_changed(self) -> int:
-        """Number of trace rows inserted or changed."""
-        return len(self.changes)
-
-
 class TraceRecorder:
     """Writes trace rows and error records to PostgreSQL.
 
@@ -288,7 +270,7 @@ class TraceRecorder:
             Number of trace rows inserted or changed (0 for a batch of redeliveries).
 
         Raises:
-            psycopg.Error: the write failed; nothing of the batch is stored.
+            RetryableError, PermanentError: as :meth:`write_batch`; nothing of the batch is stored.
         """
         return self.write_batch(updates, ()).rows_changed
 
@@ -302,7 +284,7 @@ class TraceRecorder:
             Number of records that were new.
 
         Raises:
-            psycopg.Error: the write failed; nothing of the batch is stored.
+            RetryableError, PermanentError: as :meth:`write_batch`; nothing of the batch is stored.
         """
         return len(self.write_batch((), errors).errors_inserted)
 
@@ -317,9 +299,19 @@ class TraceRecorder:
             The rows that changed and the error records that were new (for the metrics).
 
         Raises:
-            psycopg.Error: the write failed and the transaction was rolled back; nothing is stored and the
-                caller should retry the same batch.
+            RetryableError: the database is briefly unavailable (connection lost, no pooled connection in time);
+                nothing is stored and the caller should retry the same batch.
+            PermanentError: the database rejected the batch (a value it refuses); nothing is stored, retrying the
+                same batch cannot help (write its events one by one to find the bad one).
         """
+        try:
+            return self._write_batch(updates, errors)
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+            raise RetryableError(f"trace write failed, database unavailable: {first_line(exc)}") from exc
+        except psycopg.Error as exc:
+            raise PermanentError(f"trace write rejected: {type(exc).__name__}: {first_line(exc)}") from exc
+
+    def _write_batch(self, updates: Sequence[TraceUpdate], errors: Sequence[ErrorRecord]) -> BatchResult:
         merged = merge_updates(updates)
         result = BatchResult()
         if not merged and not errors:

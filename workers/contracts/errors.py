@@ -63,6 +63,42 @@ class GenerationError(RagError):
     error_class = "generation"
 
 
+class LLMRetryableError(GenerationError, RetryableError):
+    """A generation failure worth retrying later."""
+
+    error_class = "llm_retryable"
+
+
+class LLMOverloadedError(LLMRetryableError):
+    """HTTP 429 / TGI ``overloaded``: the server has too many requests in flight."""
+
+    error_class = "overloaded"
+
+
+class LLMLoadingError(LLMRetryableError):
+    """HTTP 503: the model is still loading (or the server is briefly unavailable)."""
+
+    error_class = "model_loading"
+
+
+class LLMTimeoutError(LLMRetryableError):
+    """No complete answer within ``RAG_LLM__TIMEOUT_S`` seconds, or the connection failed."""
+
+    error_class = "llm_timeout"
+
+
+class LLMValidationError(GenerationError, PermanentError):
+    """HTTP 422/400 / TGI ``validation``: the input is too long or a parameter is invalid."""
+
+    error_class = "llm_validation"
+
+
+class LLMStreamError(GenerationError, PermanentError):
+    """The server sent an error event inside a 200 stream; the partial text is discarded."""
+
+    error_class = "llm_stream_error"
+
+
 class RequestDeliveryError(RetryableError):
     """A client's request could not be delivered to the requests topic (broker away past the timeout)."""
 

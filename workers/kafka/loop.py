@@ -18,9 +18,10 @@ Semantics (DESIGN.md §3, §5):
 * **Shutdown.** On SIGTERM/SIGINT it stops taking messages, waits for in-flight work up to
   ``shutdown_timeout_s``, flushes the producer, commits stored offsets and closes, also when the broker is
   already gone (each step is bounded).
-* **Nothing dropped silently.** A handler exception for a batch is turned into a dead letter per input
-  (with the reason) and the offsets move on; a failed delivery report stops the worker without storing the
-  offset, so the input is processed again after restart.
+* **Nothing dropped silently.** The handler (the stream runner, :mod:`workers.stream.runner`) turns every input
+  it cannot serve into an error answer and/or a dead letter, so the offsets move on; an exception that escapes
+  the handler, or a failed delivery report, stops the worker without storing the offsets of what was not
+  finished, so those inputs are processed again after the restart.
 
 The handler is an ``async`` callable taking a micro-batch of :class:`Incoming` messages and returning, for
 each, the list of :class:`Output` messages to produce. It never sees Kafka objects beyond these records.
@@ -31,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 import signal
 import threading
 import time
@@ -41,11 +41,13 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from workers.contracts.errors import PromptTooLargeError, RagError, RetryableError
+from workers.contracts.errors import PromptTooLargeError, RagError
 from workers.contracts.serde import headers_to_dict
+from workers.kafka.config import consumer_config
 from workers.kafka.offsets import OffsetTracker
 from workers.kafka.producer import DeliveryCallback, KafkaProducer
 from workers.kafka.reader import consume_available
+from workers.settings import Settings
 from workers.stream.records import Handler, Incoming, Output, dead_letter
 
 log = logging.getLogger(__name__)
@@ -131,17 +133,13 @@ class LoopConfig:
     shutdown_timeout_s: float = 30.0
     revoke_timeout_s: float = 10.0
     poll_timeout_s: float = 0.05
-    #: Handler calls for a batch that fails with a RetryableError (first call included) before giving up.
-    retry_attempts: int = 8
-    #: Upper bound of one backoff sleep between those calls (s); 8 attempts wait about 30 s in all.
-    retry_max_s: float = 8.0
     #: Seconds the loop may sit at ``max_in_flight`` without polling before it pauses its partitions and
     #: polls again (must stay well under ``max.poll.interval.ms``; rebalance callbacks wait as long).
     pause_after_s: float = 1.0
 
 
 class FatalWorkerError(RagError):
-    """The loop cannot go on without risking loss (a delivery failed); restart to reprocess."""
+    """The loop cannot go on without risking loss (a delivery failed, or the handler raised); restart to reprocess."""
 
     error_class = "fatal"
 
@@ -246,6 +244,10 @@ class WorkerLoop:
 
     # -- public
 
+    def is_stopping(self) -> bool:
+        """True once a stop was requested (the runner then stops retrying failing batches)."""
+        return self._stop.is_set() or self._fatal is not None
+
     def request_stop(self) -> None:
         """Ask the loop to stop (thread-safe; what SIGTERM does)."""
         if self._loop is not None and not self._loop.is_closed():
@@ -295,7 +297,7 @@ class WorkerLoop:
         finally:
             await self._shutdown()
         if self._fatal is not None:
-            raise FatalWorkerError(f"stopped after a delivery failure: {self._fatal}")
+            raise FatalWorkerError(f"stopped after a failure that must not be committed: {self._fatal}")
 
     # -- internals
 
@@ -381,48 +383,23 @@ class WorkerLoop:
         role = self.config.role
         self.metrics.batch_size.labels(role).observe(len(batch))
         t0 = time.perf_counter()
-        results = await self._handle_isolated(batch)
+        try:
+            results = [list(outs) for outs in await self.handler(batch)]
+            if len(results) != len(batch):
+                raise RuntimeError(f"handler returned {len(results)} output lists for {len(batch)} inputs")
+        except Exception as exc:  # the handler chose to raise: stop without committing these inputs
+            self.metrics.handler_errors.labels(
+                role, exc.error_class if isinstance(exc, RagError) else type(exc).__name__
+            ).inc()
+            log.exception("handler failed role=%s batch=%d first=%s/%d/%d; stopping without committing it",
+                          role, len(batch), batch[0].topic, batch[0].partition, batch[0].offset)  # fmt: skip
+            if self._fatal is None:
+                self._fatal = exc
+            self.request_stop()
+            return
         self.metrics.handle_seconds.labels(role).observe(time.perf_counter() - t0)
         for inc, outputs in zip(batch, results, strict=True):
-            await self._produce_for(inc, list(outputs))
-
-    async def _handle_isolated(self, batch: list[Incoming]) -> list[list[Output]]:
-        """Call the handler; on failure retry a retryable error (bounded, with backoff, the inputs stay in
-        flight so the partitions pause), then split the batch so one bad input cannot take the others with it;
-        an input that still fails alone is dead-lettered with the reason."""
-        role = self.config.role
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                results = [list(outs) for outs in await self.handler(batch)]
-                if len(results) != len(batch):
-                    raise RuntimeError(f"handler returned {len(results)} output lists for {len(batch)} inputs")
-                return results
-            except Exception as exc:
-                error_class = exc.error_class if isinstance(exc, RagError) else type(exc).__name__
-                self.metrics.handler_errors.labels(role, error_class).inc()
-                if (
-                    isinstance(exc, RetryableError)
-                    and attempts < self.config.retry_attempts
-                    and not self._stop.is_set()
-                ):
-                    delay = min(self.config.retry_max_s, 0.25 * 2 ** (attempts - 1)) * (0.5 + random.random() / 2)
-                    log.warning("handler failed role=%s batch=%d attempt=%d, retrying in %.1f s: %s",
-                                role, len(batch), attempts, delay, exc)  # fmt: skip
-                    await asyncio.sleep(delay)
-                    continue
-                if len(batch) > 1:
-                    log.warning("handler failed role=%s batch=%d: %s; handling the inputs one by one",
-                                role, len(batch), exc)  # fmt: skip
-                    out: list[list[Output]] = []
-                    for inc in batch:
-                        out.extend(await self._handle_isolated([inc]))
-                    return out
-                log.exception("handler failed role=%s offset=%s/%d/%d; dead-lettering it",
-                              role, batch[0].topic, batch[0].partition, batch[0].offset)  # fmt: skip
-                return [[dead_letter(batch[0], topic=self.config.dead_letter_topic, stage=role, error=exc,
-                                     attempts=attempts)]]  # fmt: skip
+            await self._produce_for(inc, outputs)
 
     async def _produce_for(self, inc: Incoming, outputs: list[Output]) -> None:
         if not outputs:
@@ -535,3 +512,43 @@ def _resume_quietly(consumer: Consumer, partitions: list[TopicPartition]) -> Non
 
 def _fmt(partitions: list[TopicPartition]) -> str:
     return ",".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+
+
+def build_worker_loop(
+    settings: Settings,
+    *,
+    role: str,
+    topics: list[str],
+    handler: Handler,
+    max_in_flight: int,
+    batch_max: int,
+    registry: CollectorRegistry | None = None,
+    group: str | None = None,
+) -> WorkerLoop:
+    """A worker loop on the settings' cluster: its group consumer, its producer and its metrics.
+
+    Args:
+        settings: Kafka connection, worker bounds (shutdown timeout), topic names (the dead-letter topic).
+        role: the worker's role (logs, metric labels, default consumer group ``<topics.prefix><role>``).
+        topics: the input topics.
+        handler: the stream runner's ``handle`` (or any :data:`Handler`).
+        max_in_flight: messages handed to the handler and not finished, at most.
+        batch_max: largest micro-batch handed to one handler call.
+        registry: where the loop's metrics go (a private registry if omitted).
+        group: the consumer group; default ``settings.worker.group_id`` or ``<topics.prefix><role>``.
+    """
+    group_id = group or settings.worker.group_id or settings.topics.prefix + role
+    return WorkerLoop(
+        LoopConfig(
+            role=role,
+            topics=topics,
+            dead_letter_topic=settings.topics.name("dead_letter"),
+            max_in_flight=max_in_flight,
+            batch_max=batch_max,
+            shutdown_timeout_s=settings.worker.shutdown_timeout_s,
+        ),
+        Consumer(consumer_config(settings.kafka, group_id)),
+        KafkaProducer(settings.kafka, poll_after_produce=False),
+        handler,
+        build_loop_metrics(registry, role=role),
+    )

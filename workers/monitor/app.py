@@ -29,37 +29,25 @@ import logging
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faust
-import psycopg
 from prometheus_client import CollectorRegistry, start_http_server
-from psycopg_pool import ConnectionPool, PoolTimeout
-from pydantic import BaseModel
+from psycopg_pool import ConnectionPool
 
 from workers.adapters.postgres import open_pool
-from workers.adapters.traces import BatchResult, TraceRecorder
-from workers.contracts.errors import ConfigError, ServiceUnavailableError
-from workers.contracts.messages import DeadLetter, Prompt, Request, Response
-from workers.contracts.serde import decode
+from workers.adapters.traces import TraceRecorder
+from workers.contracts.errors import ConfigError, RagError, RetryableError, ServiceUnavailableError
 from workers.kafka.admin import topic_partitions
 from workers.kafka.faust_config import broker_urls, faust_credentials
-from workers.monitor.join import ErrorRecord, KafkaCoords, TraceUpdate, assemble, bad_message
+from workers.monitor.join import KafkaCoords
 from workers.monitor.metrics import MonitorMetrics, build_metrics
+from workers.monitor.sink import MonitorSink, topic_names
+from workers.retry import retry_policies
 from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-#: Logical topic → wire model expected on it.
-TOPIC_MODELS: dict[str, type[BaseModel]] = {
-    "requests": Request,
-    "prompts": Prompt,
-    "responses": Response,
-    "dead_letter": DeadLetter,
-}
 
 #: Most events written in one transaction.
 DEFAULT_BATCH_MAX = 500
@@ -67,151 +55,6 @@ DEFAULT_BATCH_MAX = 500
 DEFAULT_BATCH_WITHIN_S = 0.5
 #: Interval (seconds) of the timer refreshing the in-flight / past-deadline gauges.
 DEFAULT_GAUGE_INTERVAL_S = 5.0
-#: Backoff (seconds) between retries of a failed batch write: initial and maximum.
-RETRY_INITIAL_S = 0.5
-RETRY_MAX_S = 10.0
-
-_TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    PoolTimeout,
-)
-
-
-def topic_names(settings: Settings) -> dict[str, str]:
-    """Full topic name (prefix included) → logical topic (``requests``, ``prompts``, ...)."""
-    return {settings.topics.name(kind): kind for kind in TOPIC_MODELS}  # type: ignore[arg-type]  # literal keys
-
-
-@dataclass
-class MonitorSink:
-    """Turns a batch of Kafka events into one database transaction and counts what changed.
-
-    Args:
-        recorder: the PostgreSQL sink.
-        metrics: the metrics bundle.
-        topics: full topic name → logical topic (see :func:`topic_names`).
-    """
-
-    recorder: TraceRecorder
-    metrics: MonitorMetrics
-    topics: dict[str, str]
-
-    def assemble_batch(
-        self, messages: Sequence[tuple[KafkaCoords, bytes | None]]
-    ) -> tuple[list[TraceUpdate], list[ErrorRecord]]:
-        """Decode and join a batch; a message that cannot be decoded becomes an error record.
-
-        Args:
-            messages: ``(coords, raw value)`` in reading order.
-
-        Returns:
-            ``(updates, errors)``. Never raises: any failure on one message is recorded for that message.
-        """
-        updates: list[TraceUpdate] = []
-        errors: list[ErrorRecord] = []
-        for coords, raw in messages:
-            kind = self.topics.get(coords.topic)
-            try:
-                if kind is None:
-                    raise ConfigError(f"message from unexpected topic {coords.topic!r}")
-                joined = assemble(decode(raw, TOPIC_MODELS[kind]), coords)  # type: ignore[arg-type]
-            except Exception as exc:  # noqa: BLE001 - every failure becomes an error record, none escapes
-                logger.warning(
-                    "bad message topic=%s partition=%d offset=%d error_class=%s error=%s",
-                    coords.topic,
-                    coords.partition,
-                    coords.offset,
-                    getattr(exc, "error_class", type(exc).__name__),
-                    exc,
-                )
-                errors.append(bad_message(raw, coords, exc))
-                continue
-            if joined.update is not None:
-                updates.append(joined.update)
-            if joined.error is not None:
-                errors.append(joined.error)
-        return updates, errors
-
-    def write(self, updates: list[TraceUpdate], errors: list[ErrorRecord]) -> BatchResult:
-        """Write one batch; when the database rejects it (not a transient failure), isolate the bad events.
-
-        Each update that the database still rejects on its own is replaced by an error record
-        (error class ``db_rejected``), so one poisonous event cannot block the partition.
-
-        Args:
-            updates: the batch's trace updates.
-            errors: the batch's error records.
-
-        Returns:
-            What changed (for the metrics).
-
-        Raises:
-            psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout: transient failure; retry the batch.
-            psycopg.Error: even the error records could not be stored; retry the batch.
-        """
-        try:
-            return self.recorder.write_batch(updates, errors)
-        except _TRANSIENT_DB_ERRORS:
-            raise
-        except psycopg.Error as exc:
-            logger.warning("batch rejected by the database, writing events one by one: %s", exc)
-        combined = BatchResult()
-        rejected: list[ErrorRecord] = []
-        for upd in updates:
-            try:
-                res = self.recorder.write_batch([upd], [])
-            except _TRANSIENT_DB_ERRORS:
-                raise
-            except psycopg.Error as exc:
-                logger.error(
-                    "trace update rejected request_id=%s topic=%s partition=%d offset=%d error=%s",
-                    upd.request_id,
-                    upd.last.topic,
-                    upd.last.partition,
-                    upd.last.offset,
-                    exc,
-                )
-                rejected.append(_rejected(upd, exc))
-                continue
-            combined.changes.extend(res.changes)
-        res = self.recorder.write_batch([], [*errors, *rejected])
-        combined.errors_inserted.extend(res.errors_inserted)
-        return combined
-
-    def record(self, result: BatchResult) -> None:
-        """Count a committed batch's changes in the metrics."""
-        self.metrics.record(result, topic_kinds=self.topics)
-
-    def refresh_gauges(self) -> int:
-        """Refresh the in-flight and past-deadline gauges from the trace table.
-
-        Returns:
-            Requests past their deadline without an answer.
-
-        Raises:
-            psycopg.Error: the query failed.
-        """
-        in_flight, overdue = self.recorder.unanswered(datetime.now(UTC))
-        self.metrics.in_flight.set(in_flight)
-        self.metrics.past_deadline.set(overdue)
-        return overdue
-
-
-def _rejected(upd: TraceUpdate, exc: BaseException) -> ErrorRecord:
-    coords = upd.last
-    return ErrorRecord(
-        kind="bad_message",
-        source_topic=coords.topic,
-        source_partition=coords.partition,
-        source_offset=coords.offset,
-        stage="monitor",
-        error_class="db_rejected",
-        error_message=f"{type(exc).__name__}: {exc}".replace("\x00", "\\0")[:4000],
-        request_id=upd.request_id,
-        seen=coords,
-        value_b64=None,
-    )
 
 
 def create_app(
@@ -262,7 +105,7 @@ def create_app(
     recorder = TraceRecorder(db_pool, table=mon.table)
     bundle = metrics if metrics is not None else build_metrics(registry)
     names = topic_names(settings)
-    sink = MonitorSink(recorder, bundle, names)
+    sink = MonitorSink(recorder, bundle, names, retry=retry_policies(settings).database)
 
     app = faust.App(
         mon.app_id,
@@ -286,59 +129,47 @@ def create_app(
     ready = asyncio.Event()
 
     async def _prepare() -> None:
-        delay = RETRY_INITIAL_S
-        while True:
+        def open_and_create() -> None:
             try:
                 if db_pool.closed:
-                    await asyncio.to_thread(lambda: db_pool.open(wait=True, timeout=30.0))
-                await asyncio.to_thread(recorder.ensure_schema)
-                ready.set()
-                return
-            except Exception as exc:  # noqa: BLE001 - keep trying until the database is there
-                logger.warning("database not ready, retrying in %.1f s: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                    db_pool.open(wait=True, timeout=30.0)
+                recorder.ensure_schema()
+            except Exception as exc:  # noqa: BLE001 - any failure here means "not ready yet"
+                raise RetryableError(f"database not ready: {exc}") from exc
+
+        def on_retry(exc: BaseException, attempt: int, sleep_s: float) -> None:
+            logger.warning("database not ready, retrying in %.1f s (attempt %d): %s", sleep_s, attempt, exc)
+
+        await sink.retry.call(lambda: asyncio.to_thread(open_and_create), on_retry=on_retry)
+        ready.set()
 
     async def _write(messages: list[tuple[KafkaCoords, bytes | None]]) -> None:
         updates, errors = sink.assemble_batch(messages)
-        delay = RETRY_INITIAL_S
-        while True:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            try:
-                result = await asyncio.to_thread(sink.write, updates, errors)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - retried until it succeeds or the app stops
-                bundle.write_failures.inc()
-                logger.warning("batch write failed events=%d retry_in_s=%.1f error=%s", len(messages), delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            bundle.batch_write.observe(loop.time() - started)
-            bundle.batch_size.observe(len(messages))
-            sink.record(result)
-            logger.debug(
-                "batch written events=%d rows_changed=%d errors_new=%d",
-                len(messages),
-                result.rows_changed,
-                len(result.errors_inserted),
-            )
-            return
+        result = await sink.write_retrying(updates, errors, events=len(messages))
+        logger.debug(
+            "batch written events=%d rows_changed=%d errors_new=%d",
+            len(messages),
+            result.rows_changed,
+            len(result.errors_inserted),
+        )
 
     @app.agent(channel, name=f"{mon.app_id}.traces")
     async def traces(stream: faust.StreamT[Any]) -> None:
-        await _prepare()
-        # StreamT (the protocol) lacks noack_take; the concrete faust.Stream has it.
-        async for events in stream.noack_take(batch_max, within=batch_within_s):  # type: ignore[attr-defined]
-            batch: list[tuple[KafkaCoords, bytes | None]] = []
-            for event in events:
-                msg = event.message
-                batch.append((KafkaCoords(msg.topic, msg.partition, msg.offset), msg.value))
-            await _write(batch)
-            # Only now may faust commit these offsets (ack = safe to commit).
-            for event in events:
-                await stream.ack(event)
+        try:
+            await _prepare()
+            # StreamT (the protocol) lacks noack_take; the concrete faust.Stream has it.
+            async for events in stream.noack_take(batch_max, within=batch_within_s):  # type: ignore[attr-defined]
+                batch: list[tuple[KafkaCoords, bytes | None]] = []
+                for event in events:
+                    msg = event.message
+                    batch.append((KafkaCoords(msg.topic, msg.partition, msg.offset), msg.value))
+                await _write(batch)
+                # Only now may faust commit these offsets (ack = safe to commit).
+                for event in events:
+                    await stream.ack(event)
+        except RagError as exc:  # the database stayed away past the retry bound: stop, unacked events stay
+            logger.critical("monitor stopping: trace table unavailable past the retry bound: %s", exc)
+            await app.crash(exc)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types the sender positional-only
     async def _on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:

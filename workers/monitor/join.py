@@ -254,6 +254,24 @@ class TraceChange:
     latencies_s: Mapping[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch write of the trace table changed (``TraceRecorder.write_batch``).
+
+    Attributes:
+        changes: one entry per trace row that was inserted or changed (redeliveries are absent).
+        errors_inserted: the error records that were new (already-stored ones are absent).
+    """
+
+    changes: list[TraceChange] = field(default_factory=list)
+    errors_inserted: list[ErrorRecord] = field(default_factory=list)
+
+    @property
+    def rows_changed(self) -> int:
+        """Number of trace rows inserted or changed."""
+        return len(self.changes)
+
+
 def _sig(model: BaseModel) -> str:
     return hashlib.sha256(model.model_dump_json().encode("utf-8")).hexdigest()[:32]
 

@@ -60,6 +60,64 @@ def output_headers(incoming: Incoming, **extra: str) -> dict[str, str]:
     return out
 
 
+def error_class_of(error: BaseException) -> str:
+    """The short error class written into dead letters and error answers: ``RagError.error_class``, else the
+    exception type's name."""
+    return error.error_class if isinstance(error, RagError) else type(error).__name__
+
+
+def dead_letter_of(
+    incoming: Incoming,
+    *,
+    stage: str,
+    error: BaseException,
+    attempts: int = 1,
+    request_id: uuid.UUID | None = None,
+    first_failure_at: datetime | None = None,
+) -> DeadLetter:
+    """The :class:`DeadLetter` of an input that a stage could not process.
+
+    It carries the raw value (base64, at most :data:`DEAD_LETTER_MAX_VALUE_BYTES`), the source
+    topic/partition/offset and key, the error class and message, the stage and attempts. The request id is
+    ``request_id``, else the input's ``request_id`` header when it is a UUID.
+    """
+    now = datetime.now(UTC)
+    rid = request_id
+    if rid is None:
+        try:
+            rid = uuid.UUID(incoming.headers.get("request_id", ""))
+        except ValueError:
+            rid = None
+    raw = incoming.value or b""
+    return DeadLetter(
+        request_id=rid,
+        source_topic=incoming.topic,
+        partition=incoming.partition,
+        offset=incoming.offset,
+        key=base64.b64encode(incoming.key).decode("ascii") if incoming.key is not None else None,
+        value_b64=base64.b64encode(raw[:DEAD_LETTER_MAX_VALUE_BYTES]).decode("ascii"),
+        value_bytes=len(raw),
+        value_truncated=len(raw) > DEAD_LETTER_MAX_VALUE_BYTES,
+        headers=incoming.headers,
+        error_class=error_class_of(error),
+        error_message=str(error)[:2000] or type(error).__name__,
+        stage=stage,
+        attempts=attempts,
+        first_failure_at=first_failure_at or now,
+        last_failure_at=now,
+    )
+
+
+def dead_letter_output(incoming: Incoming, letter: DeadLetter, topic: str) -> Output:
+    """The :class:`Output` that produces ``letter`` to the dead-letter ``topic`` (key and headers of the input)."""
+    return Output(
+        topic=topic,
+        value=encode(letter),
+        key=incoming.key,
+        headers=output_headers(incoming, error_class=letter.error_class, stage=letter.stage),
+    )
+
+
 def dead_letter(
     incoming: Incoming,
     *,
@@ -70,43 +128,11 @@ def dead_letter(
     request_id: uuid.UUID | None = None,
     first_failure_at: datetime | None = None,
 ) -> Output:
-    """Build the dead-letter :class:`Output` for an input that a stage could not process.
-
-    The DeadLetter carries the raw value (base64), the source topic/partition/offset and key, the error
-    class (``RagError.error_class`` or the exception type name) and message, the stage and attempts.
-    """
-    now = datetime.now(UTC)
-    rid = request_id
-    if rid is None:
-        try:
-            rid = uuid.UUID(incoming.headers.get("request_id", ""))
-        except ValueError:
-            rid = None
-    error_class = error.error_class if isinstance(error, RagError) else type(error).__name__
-    raw = incoming.value or b""
-    dl = DeadLetter(
-        request_id=rid,
-        source_topic=incoming.topic,
-        partition=incoming.partition,
-        offset=incoming.offset,
-        key=base64.b64encode(incoming.key).decode("ascii") if incoming.key is not None else None,
-        value_b64=base64.b64encode(raw[:DEAD_LETTER_MAX_VALUE_BYTES]).decode("ascii"),
-        value_bytes=len(raw),
-        value_truncated=len(raw) > DEAD_LETTER_MAX_VALUE_BYTES,
-        headers=incoming.headers,
-        error_class=error_class,
-        error_message=str(error)[:2000] or type(error).__name__,
-        stage=stage,
-        attempts=attempts,
-        first_failure_at=first_failure_at or now,
-        last_failure_at=now,
+    """The dead-letter :class:`Output` for an input that a stage could not process (:func:`dead_letter_of`)."""
+    letter = dead_letter_of(
+        incoming, stage=stage, error=error, attempts=attempts, request_id=request_id, first_failure_at=first_failure_at
     )
-    return Output(
-        topic=topic,
-        value=encode(dl),
-        key=incoming.key,
-        headers=output_headers(incoming, error_class=error_class, stage=stage),
-    )
+    return dead_letter_output(incoming, letter, topic)
 
 
 Handler = Callable[[list[Incoming]], Awaitable[Sequence[Sequence[Output]]]]
