@@ -12,12 +12,14 @@ venv:
 demo:
 	@$(VENV_CMD); python -m devstack.demo $(ARGS)
 
+LINT = ruff check workers devstack tests bench && ruff format --check -q workers devstack tests bench \
+	  && mypy workers devstack && PYTHONPATH=. lint-imports --no-cache
+
 lint:
-	@$(VENV_CMD); ruff check workers devstack tests bench && ruff format --check -q workers devstack tests bench && mypy workers devstack
+	@$(VENV_CMD); $(LINT)
 
 test:
-	@$(VENV_CMD); ruff check workers devstack tests bench && ruff format --check -q workers devstack tests bench \
-	  && mypy workers devstack && python -m pytest -q -p no:cacheprovider $(ARGS)
+	@$(VENV_CMD); $(LINT) && python -m pytest -q -p no:cacheprovider $(ARGS)
 
 test-unit:
 	@$(VENV_CMD); python -m pytest -q tests/unit $(ARGS)

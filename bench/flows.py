@@ -10,14 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, Producer, TopicPartition
-
 from workers.adapters.llm_server import LLMServerClient
 from workers.client import RagClient
 from workers.contracts.messages import ChatMessage, GenerationParams, Prompt, Request, Response
 from workers.contracts.serde import decode, encode
-from workers.kafka.reader import consume_available
-from workers.settings import LLMSettings
+from workers.kafka.producer import KafkaProducer
+from workers.kafka.reader import assign_at, consume_available, read_topic, reader
+from workers.settings import KafkaSettings, LLMSettings
 
 
 @dataclass
@@ -106,22 +105,8 @@ def direct_loop(
 
 def read_prompts(bootstrap: str, topic: str, limit: int = 200, timeout_s: float = 20.0) -> list[Prompt]:
     """Up to ``limit`` Prompts from the start of ``topic`` (what the retriever produced)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}"})
-    try:
-        meta = c.list_topics(topic, timeout=10).topics[topic]
-        c.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-        out: list[Prompt] = []
-        deadline = time.monotonic() + timeout_s
-        while len(out) < limit and time.monotonic() < deadline:
-            msgs = c.consume(500, timeout=0.5)
-            if not msgs and out:
-                break
-            for m in msgs:
-                if m.error() is None:
-                    out.append(decode(m.value(), Prompt))
-        return out[:limit]
-    finally:
-        c.close()
+    records = read_topic(KafkaSettings(bootstrap_servers=bootstrap), topic, timeout_s=timeout_s)
+    return [decode(r.value, Prompt) for r in records[:limit]]
 
 
 def _completion_times(futs: list[concurrent.futures.Future[Response]]) -> list[float]:
@@ -228,31 +213,14 @@ class StageFeed:
         Returns:
             ``(seconds from the first send to the last output, outputs counted)``.
         """
-        c = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"bench-feed-{uuid.uuid4().hex[:6]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        kafka = KafkaSettings(bootstrap_servers=self.bootstrap)
+        c = reader(kafka, "bench-feed", **{"fetch.wait.max.ms": 10})
+        p = KafkaProducer(kafka, overrides={"linger.ms": 5})
         try:
-            meta = c.list_topics(self.out_topic, timeout=10).topics[self.out_topic]
-            tps = []
-            for part in meta.partitions:
-                _low, high = c.get_watermark_offsets(TopicPartition(self.out_topic, part), timeout=10)
-                tps.append(TopicPartition(self.out_topic, part, high))
-            c.assign(tps)
+            assign_at(c, self.out_topic, "high")
             t0 = time.perf_counter()
             for key, value, headers in messages:
-                while True:
-                    try:
-                        p.produce(self.in_topic, value=value, key=key, headers=list(headers.items()))
-                        break
-                    except BufferError:
-                        p.poll(0.05)
-                p.poll(0)
+                p.produce(self.in_topic, value, key, headers)
             p.flush(30)
             got = 0
             last = t0

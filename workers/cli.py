@@ -63,16 +63,10 @@ def topics_apply(
     ] = None,
 ) -> None:
     """Create the topics of topics.yaml that are missing and report drift; deletes nothing."""
-    from confluent_kafka.admin import AdminClient
-
-    from workers.contracts.topics import load_topics
-    from workers.kafka.admin import apply_topics, check_broker
-    from workers.kafka.config import base_config
+    from workers.kafka.admin import ensure_topics
 
     s = _settings()
-    check_broker(s.kafka)
-    spec = load_topics(file or _default_topics_file()).with_prefix(s.topics.prefix if prefix is None else prefix)
-    report = apply_topics(AdminClient(base_config(s.kafka)), spec)
+    report = ensure_topics(s.kafka, file or _default_topics_file(), s.topics.prefix if prefix is None else prefix)
     for name in report.created:
         console.print(f"created   {name}")
     for name in report.unchanged:
@@ -85,17 +79,13 @@ def topics_apply(
 @topics_app.command("list")
 def topics_list() -> None:
     """List the topics on the broker with their partition counts."""
-    from confluent_kafka.admin import AdminClient
-
-    from workers.kafka.admin import check_broker
-    from workers.kafka.config import base_config
+    from workers.kafka.admin import check_broker, topic_partitions
 
     s = _settings()
     check_broker(s.kafka)
-    meta = AdminClient(base_config(s.kafka)).list_topics(timeout=10)
     table = Table("topic", "partitions")
-    for name in sorted(meta.topics):
-        table.add_row(name, str(len(meta.topics[name].partitions)))
+    for name, partitions in sorted(topic_partitions(s.kafka).items()):
+        table.add_row(name, str(partitions))
     console.print(table)
 
 
@@ -151,16 +141,19 @@ def ingest(
 
 
 class Worker(StrEnum):
-    """The worker processes."""
+    """The worker processes: the split shape's three, or every stage in one process."""
 
     retriever = "retriever"
     generator = "generator"
     monitor = "monitor"
+    monolith = "monolith"
 
 
 @app.command()
 def run(worker: Annotated[Worker, typer.Argument(help="Which worker to run in this process.")]) -> None:
-    """Run one worker (retriever, generator or monitor) until SIGTERM/SIGINT."""
+    """Run one worker until SIGTERM/SIGINT: retriever, generator or monitor (the split shape, each its own consumer
+    group), or monolith (retriever → generator in memory, monitor stage in-process; same settings, topics and
+    tables, so a deployment can switch shapes)."""
     s = _settings()
     if worker is Worker.retriever:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -171,6 +164,10 @@ def run(worker: Annotated[Worker, typer.Argument(help="Which worker to run in th
         from workers.generator.app import serve as serve_generator
 
         asyncio.run(serve_generator(s))
+    elif worker is Worker.monolith:
+        from workers.monolith.app import serve as serve_monolith
+
+        asyncio.run(serve_monolith(s))
     else:
         from workers.monitor.app import run as run_monitor
 

@@ -170,6 +170,14 @@ class MonitorSettings(_Section):
     web_port: int = 6066
 
 
+class MonolithSettings(_Section):
+    """``ragstream run monolith``: every stage in one process (see ``workers/monolith/app.py``)."""
+
+    #: Also answer Prompts left on the prompts topic by a split deployment (consumer group of the generator), so
+    #: a switch from the split shape back to the monolith loses nothing.
+    drain_prompts: bool = True
+
+
 class Settings(BaseSettings):
     """Every setting of one ragstream process; build it with :func:`load_settings`."""
 
@@ -191,6 +199,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     generator: GeneratorSettings = GeneratorSettings()
     monitor: MonitorSettings = MonitorSettings()
+    monolith: MonolithSettings = MonolithSettings()
     retry: RetrySettings = RetrySettings()
 
 

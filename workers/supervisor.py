@@ -31,6 +31,7 @@ READY_MARKERS = {
     "retriever": "assigned role=retriever",
     "generator": "assigned role=generator",
     "monitor": "monitor started",
+    "monolith": "assigned role=monolith ",
 }
 
 

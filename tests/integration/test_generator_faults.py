@@ -26,6 +26,7 @@ from workers.kafka.config import consumer_config
 from workers.kafka.loop import LoopConfig, WorkerLoop, build_loop_metrics
 from workers.kafka.producer import KafkaProducer
 from workers.settings import GeneratorSettings, KafkaSettings, LLMSettings, Settings, TopicSettings
+from workers.stream.metrics import build_runner_metrics
 
 
 def _prompt(q: str, deadline: datetime | None = None) -> Prompt:
@@ -61,6 +62,7 @@ class Harness:
         self.registry = CollectorRegistry()
         self.metrics = GeneratorMetrics(self.registry)
         self.loop_metrics = build_loop_metrics(self.registry, role="generator")
+        self.runner_metrics = build_runner_metrics(self.registry, prefix="ragstream_generator")
 
     def send(self, prompts: list[Prompt]) -> None:
         produce(self.stack.bootstrap_servers, self.topics.name("prompts"),
@@ -73,7 +75,7 @@ class Harness:
         await store.ensure_schema()
         llm = build_llm(self.settings, self.metrics)
         await llm.info()
-        runner = build_runner(self.settings, [GeneratorStage(llm, self.metrics)], store, self.registry)
+        runner = build_runner(self.settings, [GeneratorStage(llm, self.metrics)], store, metrics=self.runner_metrics)
         loop = WorkerLoop(
             LoopConfig(
                 role="generator",

@@ -45,6 +45,7 @@ def test_huge_first_ranked_passage_is_capped_then_too_large_output_is_dead_lette
 ) -> None:
     table = f"big_{unique}"
     pool = open_pool(stack.database_url, max_size=2, vector=True)
+    server = LLMServerClient(LLMSettings(url=stack.llm_url))
     try:
         store = VectorStore(pool, table=table, dimension=embedder.dimension)
         store.ensure_schema(embedder.model_name)
@@ -63,9 +64,9 @@ def test_huge_first_ranked_passage_is_capped_then_too_large_output_is_dead_lette
         store.upsert(rows)
         assert store.search(embedder.encode([QUERY]).vectors[0], 4)[0].chunk_id == "huge#0"  # it ranks first
 
-        limits = LLMServerClient(LLMSettings(url=stack.llm_url)).fetch_info()
+        limits = server.fetch_info()
         tok = getattr(stack, "llm_tokenizer_path", "")
-        counter = LocalTokenizerCounter(tok) if tok else LLMServerClient(LLMSettings(url=stack.llm_url))
+        counter = LocalTokenizerCounter(tok) if tok else server
         settings = Settings(retriever=RetrieverSettings(table=table, top_k=4))
         stage = RetrieverStage(settings.retriever, embedder, store, counter, limits)
         service = build_runner(settings, stage, CollectorRegistry())
@@ -90,6 +91,7 @@ def test_huge_first_ranked_passage_is_capped_then_too_large_output_is_dead_lette
         again = asyncio.run(service.handle([_incoming(Request(query="What does pass do?"), 2)]))[0]
         assert again[0].topic == settings.topics.name("prompts")
     finally:
+        server.close_sync()
         with pool.connection() as conn:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
         pool.close()

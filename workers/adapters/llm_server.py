@@ -189,6 +189,12 @@ class LLMServerClient:
             self._http.close()
             self._http = None
 
+    def __enter__(self) -> LLMServerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_sync()
+
     # -- what the server says about itself
 
     @property

@@ -17,14 +17,14 @@ from prometheus_client import CollectorRegistry, start_http_server
 from workers.adapters.answers import PgAnswerStore
 from workers.adapters.interfaces import LLM, AnswerStore
 from workers.adapters.postgres import open_async_pool
-from workers.contracts.messages import Prompt
+from workers.contracts.messages import Prompt, Request
 from workers.generator.metrics import GeneratorMetrics
 from workers.generator.stage import STAGE, GeneratorStage
 from workers.kafka.admin import check_broker
 from workers.kafka.loop import build_worker_loop
 from workers.retry import retry_policies
 from workers.settings import Settings
-from workers.stream.metrics import build_runner_metrics
+from workers.stream.metrics import RunnerMetrics, build_runner_metrics
 from workers.stream.runner import EventRecorder, Routes, Stage, StreamRunner, dead_letter_errors
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,10 @@ def build_runner(
     answers: AnswerStore | None,
     registry: CollectorRegistry | None = None,
     *,
-    input_model: type[Prompt] | None = None,
+    input_model: type[Prompt] | type[Request] = Prompt,
     recorder: EventRecorder | None = None,
     prefix: str = "ragstream_generator",
+    metrics: RunnerMetrics | None = None,
 ) -> StreamRunner:
     """A runner that ends in the generator stage: effectively-once with ``answers``, dead letters on failure.
 
@@ -89,18 +90,19 @@ def build_runner(
         input_model: ``Prompt`` by default; the monolith passes ``Request``.
         recorder: the in-process monitor stage (monolith), if any.
         prefix: metric name prefix.
+        metrics: the runner's metrics when the caller keeps them across runners (default: new, in ``registry``).
     """
     policies = retry_policies(settings)
     return StreamRunner(
         stages,
-        input_model=input_model or Prompt,
+        input_model=input_model,
         routes=Routes.from_settings(settings),
         retry=policies.handler,
         on_error=dead_letter_errors,
         answers=answers,
         store_retry=policies.store,
         recorder=recorder,
-        metrics=build_runner_metrics(registry, prefix=prefix),
+        metrics=metrics or build_runner_metrics(registry, prefix=prefix),
     )
 
 

@@ -524,6 +524,7 @@ def build_worker_loop(
     batch_max: int,
     registry: CollectorRegistry | None = None,
     group: str | None = None,
+    metrics: LoopMetrics | None = None,
 ) -> WorkerLoop:
     """A worker loop on the settings' cluster: its group consumer, its producer and its metrics.
 
@@ -536,6 +537,8 @@ def build_worker_loop(
         batch_max: largest micro-batch handed to one handler call.
         registry: where the loop's metrics go (a private registry if omitted).
         group: the consumer group; default ``settings.worker.group_id`` or ``<topics.prefix><role>``.
+        metrics: the loop metrics to use (several loops of one process share one bundle; labels tell them
+            apart); default: a new bundle in ``registry``.
     """
     group_id = group or settings.worker.group_id or settings.topics.prefix + role
     return WorkerLoop(
@@ -550,5 +553,5 @@ def build_worker_loop(
         Consumer(consumer_config(settings.kafka, group_id)),
         KafkaProducer(settings.kafka, poll_after_produce=False),
         handler,
-        build_loop_metrics(registry, role=role),
+        metrics or build_loop_metrics(registry, role=role),
     )

@@ -14,7 +14,7 @@ import logging
 from prometheus_client import CollectorRegistry, start_http_server
 
 from workers.adapters.embedding import Embedder
-from workers.adapters.interfaces import LLMTokenCounter
+from workers.adapters.interfaces import LLMTokenCounter, ServerInfo
 from workers.adapters.llm_server import LLMServerClient
 from workers.adapters.pgvector import VectorStore
 from workers.adapters.postgres import open_pool
@@ -32,13 +32,24 @@ from workers.stream.runner import Routes, StreamRunner, dead_letter_errors
 log = logging.getLogger(__name__)
 
 
-def build_stage(settings: Settings, registry: CollectorRegistry, resources: contextlib.ExitStack) -> RetrieverStage:
+def build_stage(
+    settings: Settings,
+    registry: CollectorRegistry,
+    resources: contextlib.ExitStack,
+    *,
+    limits: ServerInfo | None = None,
+    counter: LLMTokenCounter | None = None,
+) -> RetrieverStage:
     """Create the retriever's clients (model, pool, LLM server client) and check them before consuming.
 
     Args:
         settings: the process's settings.
         registry: where the stage's metrics go.
         resources: closes what was opened here (model, pool, HTTP client) when the caller exits it.
+        limits: the LLM's token limits when the caller has them (the monolith asks its own LLM); default: the
+            server's ``/info``.
+        counter: counts prompt tokens in the LLM's tokenizer when the caller has one (the monolith's LLM);
+            default: the local tokenizer of ``retriever.llm_tokenizer``, else the server's ``/tokenize``.
 
     Raises:
         ServiceUnavailableError: PostgreSQL or the LLM server cannot be reached.
@@ -50,12 +61,13 @@ def build_stage(settings: Settings, registry: CollectorRegistry, resources: cont
     resources.callback(pool.close)
     store = VectorStore(pool, table=settings.retriever.table, dimension=embedder.dimension)
     store.ensure_schema(embedder.model_name)  # idempotent; raises DimensionMismatchError on a wrong column
-    server = LLMServerClient(settings.llm)
-    resources.callback(server.close_sync)
-    limits = server.fetch_info()
-    counter: LLMTokenCounter = server
     if settings.retriever.llm_tokenizer:
         counter = LocalTokenizerCounter(settings.retriever.llm_tokenizer)
+    if limits is None or counter is None:
+        server = LLMServerClient(settings.llm)
+        resources.callback(server.close_sync)
+        limits = limits or server.fetch_info()
+        counter = counter or server
     stage = RetrieverStage(
         settings.retriever,
         embedder,

@@ -65,7 +65,7 @@ Event = Request | Prompt | Response | DeadLetter
 class EventRecorder(Protocol):
     """Records the events of inputs (the monolith's in-process monitor stage)."""
 
-    async def record(self, events: Sequence[tuple[Event, Incoming]]) -> None:
+    async def record_events(self, events: Sequence[tuple[Event, Incoming]]) -> None:
         """Record ``(event, input record)`` pairs; must not raise (a failure is logged and counted)."""
         ...
 
@@ -230,7 +230,7 @@ class StreamRunner:
                     item.future.set_exception(RuntimeError(f"request {item.request.request_id} was not answered"))
                     item.future.exception()  # retrieved: a waiter re-raises it, nobody logs "never retrieved"
         if self.recorder is not None and events:
-            await self.recorder.record(events)
+            await self.recorder.record_events(events)
         return results
 
     # -- effectively once

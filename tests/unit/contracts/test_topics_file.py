@@ -7,7 +7,7 @@ from pathlib import Path
 from workers.contracts.topics import load_topics
 from workers.settings import TopicSettings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_topics_yaml_has_the_four_topics_with_defaults() -> None:
