@@ -69,7 +69,7 @@ class StackConfig:
         llm_engine: Engine of the LLM server (``python -m devstack.tgi --engine``): "transformers" (a real
             causal LM) or "simulated" (filler tokens with configurable timing and faults; its options, e.g.
             ``--ttft-ms``, ``--capacity``, ``--faults``, go in ``llm_extra_args``); engines register in
-            ``devstack.tgi.engine``.
+            ``devstack.tgi.engines``.
         llm_model: "" for the tiny offline model built locally; else a local model folder or hub id.
         services: Which services :meth:`Stack.up` starts (subset of ``ALL_SERVICES``).
         kafka_heap: JVM heap options of the broker.

@@ -1,4 +1,8 @@
-"""``python -m devstack.tgi``: run the TGI-compatible LLM server."""
+"""``python -m devstack.tgi``: run the TGI-compatible LLM server.
+
+:func:`build_parser` is also how the workers' in-process adapter (``workers.adapters.llm_engine``) reads
+``RAG_LLM__ENGINE_ARGS``, so it imports neither the HTTP layer nor an engine implementation.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from devstack.tgi.engine import create_engine, engine_names
-from devstack.tgi.server import ServerLimits, create_app
+from devstack.tgi.engines import create_engine, engine_names
+from devstack.tgi.generation import limits_from_args
 
 logger = logging.getLogger("devstack.tgi")
 
@@ -100,22 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if args.max_input_tokens >= args.max_total_tokens:
-        print("--max-input-tokens must be less than --max-total-tokens", file=sys.stderr)
-        return 2
     try:
+        limits = limits_from_args(args)
         engine = create_engine(args.engine, args)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    limits = ServerLimits(
-        max_input_tokens=args.max_input_tokens,
-        max_total_tokens=args.max_total_tokens,
-        max_concurrent_requests=args.max_concurrent_requests,
-        max_stop_sequences=args.max_stop_sequences,
-        default_max_new_tokens=args.default_max_new_tokens,
-    )
     import uvicorn
+
+    from devstack.tgi.server import create_app
 
     uvicorn.run(
         create_app(engine, limits),

@@ -1,9 +1,11 @@
-"""The engine interface behind the TGI-compatible server, and the registry of engines.
+"""The engine interface behind the TGI-compatible server (no implementation is imported here).
 
-An engine turns a prompt into a stream of token events. The HTTP layer (``devstack.tgi.server``) does
-everything that is the same for every engine: request validation and limits, stop sequences, concurrency
-limits, TGI/OpenAI response formats. A new engine implements :class:`Engine` and registers a factory with
-:func:`register_engine`. Built in: "transformers" (a real causal LM) and "simulated" (filler tokens with a
+An engine turns a prompt into a stream of token events. What is the same for every engine lives apart from
+it: request validation and limits, stop sequences and admission in ``devstack.tgi.generation`` (shared by the
+HTTP layer ``devstack.tgi.server`` and the in-process adapter ``workers.adapters.llm_engine``), TGI/OpenAI
+response formats in ``devstack.tgi.server``. A new engine implements :class:`Engine` and registers a factory
+with ``devstack.tgi.engines.register_engine`` (the registry, like TGI's ``get_model``, is the only module that
+knows the implementations). Built in: "transformers" (a real causal LM) and "simulated" (filler tokens with a
 configurable time to first token, time per token, batch capacity and fault schedule; see
 ``devstack.tgi.simulated_engine``).
 
@@ -14,9 +16,8 @@ as it arrives (and may delay it or reject it with :class:`EngineRejectedError`),
 
 from __future__ import annotations
 
-import argparse
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -190,57 +191,8 @@ class Engine(ABC):
         return None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
-        """Load the model; called once before the server accepts requests."""
+        """Load the model; called once before the first request (the server's lifespan, or
+        ``workers.adapters.llm_engine.EngineLLM`` on first use)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
-        """Free resources; called once at server shutdown."""
-
-
-#: Builds an engine from the parsed command line of ``python -m devstack.tgi``.
-EngineFactory = Callable[[argparse.Namespace], Engine]
-
-_ENGINES: dict[str, EngineFactory] = {}
-
-
-def register_engine(name: str, factory: EngineFactory) -> None:
-    """Make an engine selectable with ``--engine name``."""
-    _ENGINES[name] = factory
-
-
-def engine_names() -> list[str]:
-    """Names accepted by ``--engine``."""
-    _load_builtin()
-    return sorted(_ENGINES)
-
-
-def create_engine(name: str, args: argparse.Namespace) -> Engine:
-    """Build the engine called ``name``.
-
-    Raises:
-        ValueError: no engine has that name.
-    """
-    _load_builtin()
-    try:
-        factory = _ENGINES[name]
-    except KeyError:
-        raise ValueError(f"unknown engine {name!r}; known: {sorted(_ENGINES)}") from None
-    return factory(args)
-
-
-def _load_builtin() -> None:
-    if "transformers" not in _ENGINES:
-
-        def _transformers(args: argparse.Namespace) -> Engine:
-            from devstack.tgi.transformers_engine import TransformersEngine
-
-            return TransformersEngine.from_args(args)
-
-        register_engine("transformers", _transformers)
-    if "simulated" not in _ENGINES:
-
-        def _simulated(args: argparse.Namespace) -> Engine:
-            from devstack.tgi.simulated_engine import SimulatedEngine
-
-            return SimulatedEngine.from_args(args)
-
-        register_engine("simulated", _simulated)
+        """Free resources; called once at shutdown (of the server, or of the in-process adapter)."""

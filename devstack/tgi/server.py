@@ -2,7 +2,10 @@
 
 Routes: ``POST /generate``, ``POST /generate_stream`` (server-sent events), ``POST /`` (TGI's compat route),
 ``POST /v1/chat/completions`` (OpenAI format, streaming or not), ``GET /info``, ``GET /health``,
-``POST /tokenize``, ``GET /v1/models``, ``GET /metrics``. Errors follow TGI: ``{"error": ..., "error_type":
+``POST /tokenize``, ``GET /v1/models``, ``GET /metrics``. Validation, limits, admission and stop sequences
+are :mod:`devstack.tgi.generation`'s (shared with the workers' in-process adapter). ``/metrics`` has TGI's
+request metrics and the engine's busy time (``engine_busy_seconds_total``, ``engine_generations_total``; see
+:mod:`devstack.tgi.busy`). Errors follow TGI: ``{"error": ..., "error_type":
 ...}`` with 422 "validation", 429 "overloaded", 424/500 "generation"; errors inside a stream are sent as an
 event with the same two fields. An engine may add fields to its error bodies (:class:`EngineRejectedError`,
 e.g. ``estimated_time`` with 503 "loading") and dev-only routes (:meth:`Engine.admin_router`, e.g. the
@@ -11,13 +14,14 @@ simulated engine's ``/admin/*``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,81 +29,31 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from devstack.tgi.engine import (
-    Engine,
-    EngineError,
-    EngineRejectedError,
-    FinishEvent,
-    FinishReason,
-    GenerationParams,
-    TokenEvent,
+from devstack.tgi.busy import BusyClock, register_busy_metrics
+from devstack.tgi.engine import Engine, EngineError, EngineRejectedError, FinishEvent, FinishReason, TokenEvent
+from devstack.tgi.generation import (
+    Admission,
+    Prepared,
+    Result,
+    ServerLimits,
+    TGIError,
+    begin,
+    chat_parameters,
+    collect,
+    prepare,
+    render_chat,
+    stop_hit,
+    stream,
+    validation_error,
 )
 from devstack.tgi.schemas import ChatRequest, CompatGenerateRequest, GenerateParameters, GenerateRequest
+
+__all__ = ["TGI_VERSION", "ServerLimits", "TGIError", "TGIServer", "create_app"]
 
 logger = logging.getLogger(__name__)
 
 #: TGI version this server imitates (reported in /info and the chat system_fingerprint).
 TGI_VERSION = "3.3.6"
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """Limits the server enforces and reports in ``/info`` (token counts are in model tokens).
-
-    Attributes:
-        max_input_tokens: Longest prompt accepted.
-        max_total_tokens: Prompt plus ``max_new_tokens`` may not exceed this.
-        max_concurrent_requests: Requests in flight above this get 429 "overloaded".
-        max_stop_sequences: Stop sequences per request.
-        max_best_of: Largest ``best_of`` (1: no best-of sampling).
-        default_max_new_tokens: Used when a request gives none (capped by what ``max_total_tokens`` leaves).
-    """
-
-    max_input_tokens: int = 3072
-    max_total_tokens: int = 4096
-    max_concurrent_requests: int = 16
-    max_stop_sequences: int = 4
-    max_best_of: int = 1
-    default_max_new_tokens: int = 100
-
-
-class TGIError(Exception):
-    """An error answered in TGI's format.
-
-    Args:
-        status: HTTP status.
-        error_type: TGI error type ("validation", "overloaded", "generation", ...).
-        message: Human-readable message.
-    """
-
-    def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-
-    def body(self) -> dict[str, str]:
-        return {"error": self.message, "error_type": self.error_type}
-
-
-def _validation(msg: str) -> TGIError:
-    return TGIError(422, "validation", f"Input validation error: {msg}")
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    prompt: str
-    input_length: int
-    params: GenerationParams
-    stop: tuple[str, ...]
-
-
-@dataclass
-class _Result:
-    text: str
-    tokens: list[TokenEvent]
-    finish_reason: FinishReason
-    seed: int | None
 
 
 class _Metrics:
@@ -137,13 +91,23 @@ class TGIServer:
     Args:
         engine: The text-generation backend (started by the app's lifespan).
         limits: Limits to enforce and report.
+
+    Attributes:
+        busy: The engine's busy clock (generations in flight, busy seconds), shown in ``/metrics``.
     """
 
     def __init__(self, engine: Engine, limits: ServerLimits) -> None:
         self.engine = engine
         self.limits = limits
-        self.in_flight = 0
+        self.admission = Admission()
         self.metrics = _Metrics(CollectorRegistry())
+        self.busy = BusyClock()
+        register_busy_metrics(self.metrics.registry, self.busy)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not yet released (counted against ``max_concurrent_requests``)."""
+        return self.admission.in_flight
 
     # -- admission ---------------------------------------------------------------------------------
     def admit(self) -> None:
@@ -153,14 +117,16 @@ class TGIServer:
             TGIError: 429 "overloaded" when ``max_concurrent_requests`` are already in flight.
         """
         self.metrics.requests.inc()
-        if self.in_flight >= self.limits.max_concurrent_requests:
+        try:
+            self.admission.admit(self.limits.max_concurrent_requests)
+        except TGIError:
             self.metrics.failures.labels("overloaded").inc()
-            raise TGIError(429, "overloaded", "Model is overloaded")
-        self.in_flight += 1
+            raise
         self.metrics.in_flight.set(self.in_flight)
 
     def release(self) -> None:
-        self.in_flight -= 1
+        """One request fewer in flight."""
+        self.admission.release()
         self.metrics.in_flight.set(self.in_flight)
 
     async def begin(self) -> str:
@@ -172,9 +138,7 @@ class TGIServer:
         Raises:
             EngineRejectedError: the engine refuses the request.
         """
-        request_id = uuid.uuid4().hex
-        await self.engine.on_request(request_id)
-        return request_id
+        return await begin(self.engine)
 
     def update_limits(self, **changes: int) -> ServerLimits:
         """Change limits at runtime (dev server admin routes), e.g. ``max_concurrent_requests=4``.
@@ -200,111 +164,43 @@ class TGIServer:
     # -- validation --------------------------------------------------------------------------------
     def prepare(
         self, prompt: str, p: GenerateParameters, *, chat: bool = False, request_id: str | None = None
-    ) -> _Prepared:
-        """Validate a request like TGI's validation workers and build the engine parameters.
+    ) -> Prepared:
+        """Validate a request like TGI's validation workers (:func:`devstack.tgi.generation.prepare`).
 
         Raises:
             TGIError: 422 "validation" for an invalid parameter or a prompt over the token limits.
         """
-        lim = self.limits
-        if not chat and prompt == "":
-            raise _validation("`inputs` cannot be empty")
-        if p.best_of is not None and (p.best_of <= 0 or p.best_of > lim.max_best_of):
-            raise _validation(f"`best_of` must be > 0 and <= {lim.max_best_of}. Given: {p.best_of}")
-        if p.temperature is not None and p.temperature < 0:
-            raise _validation("`temperature` must be strictly positive")
-        if p.top_p is not None and not 0.0 < p.top_p <= 1.0:
-            raise _validation("`top_p` must be > 0.0 and <= 1.0")
-        if p.top_k is not None and p.top_k < 0:
-            raise _validation("`top_k` must be strictly positive")
-        if p.repetition_penalty is not None and p.repetition_penalty <= 0:
-            raise _validation("`repetition_penalty` must be strictly positive")
-        if p.max_new_tokens is not None and p.max_new_tokens <= 0:
-            raise _validation("`max_new_tokens` must be strictly positive")
-        if len(p.stop) > lim.max_stop_sequences:
-            raise _validation(f"`stop` supports up to {lim.max_stop_sequences} stop sequences. Given: {len(p.stop)}")
-        if p.grammar is not None:
-            raise _validation("grammar (guided generation) is not supported by this server")
-        if p.truncate is not None and not 0 < p.truncate <= lim.max_input_tokens:
-            raise _validation(f"`truncate` must be strictly positive and less than {lim.max_input_tokens}")
-        if p.truncate is not None:
-            spans = self.engine.tokenize(prompt)
-            if len(spans) > p.truncate:
-                prompt = prompt[spans[-p.truncate].start :]
-        input_length = self.engine.count_tokens(prompt)
-        if input_length > lim.max_input_tokens:
-            raise _validation(f"`inputs` must have less than {lim.max_input_tokens} tokens. Given: {input_length}")
-        max_new = p.max_new_tokens
-        if max_new is None:
-            max_new = max(1, min(lim.default_max_new_tokens, lim.max_total_tokens - input_length))
-        if input_length + max_new > lim.max_total_tokens:
-            raise _validation(
-                f"`inputs` tokens + `max_new_tokens` must be <= {lim.max_total_tokens}. "
-                f"Given: {input_length} `inputs` tokens and {max_new} `max_new_tokens`"
-            )
-        temperature = p.temperature
-        sampling_warpers = (
-            (temperature is not None and temperature not in (0.0, 1.0))
-            or (p.top_p is not None and p.top_p < 1.0)
-            or (p.top_k is not None and p.top_k > 0)
-        )
-        do_sample = (p.do_sample or sampling_warpers) and temperature != 0.0
-        params = GenerationParams(
-            max_new_tokens=max_new,
-            do_sample=bool(do_sample),
-            temperature=temperature if temperature else 1.0,
-            top_p=p.top_p if p.top_p is not None else 1.0,
-            top_k=p.top_k or 0,
-            repetition_penalty=p.repetition_penalty or 1.0,
-            seed=p.seed,
-            request_id=request_id,
-        )
-        return _Prepared(prompt=prompt, input_length=input_length, params=params, stop=tuple(s for s in p.stop if s))
+        return prepare(self.engine, self.limits, prompt, p, chat=chat, request_id=request_id)
 
     # -- generation --------------------------------------------------------------------------------
-    async def events(self, prep: _Prepared) -> AsyncIterator[TokenEvent | FinishEvent]:
-        """The engine's events with stop sequences applied; the last event is always a FinishEvent.
+    async def events(self, prep: Prepared) -> AsyncGenerator[TokenEvent | FinishEvent, None]:
+        """The engine's events with stop sequences applied (:func:`devstack.tgi.generation.stream`), counted in
+        the metrics and the busy clock; the last event is always a FinishEvent.
 
         Raises:
             TGIError: 500 "generation" when the engine fails.
         """
         self.metrics.input_length.observe(prep.input_length)
-        text = ""
-        stream = self.engine.generate_stream(prep.prompt, prep.params)
         count = 0
         try:
-            async for ev in stream:
-                if isinstance(ev, FinishEvent):
-                    self.metrics.generated.observe(count)
-                    yield ev
-                    return
-                count += 1
-                yield ev
-                if prep.stop and not ev.special:
-                    text += ev.text
-                    if _stop_hit(text, ev.text, prep.stop):
+            async with contextlib.aclosing(stream(self.engine, prep, self.busy)) as events:
+                async for ev in events:
+                    if isinstance(ev, FinishEvent):
                         self.metrics.generated.observe(count)
-                        yield FinishEvent(finish_reason="stop_sequence", seed=prep.params.seed)
-                        return
+                    else:
+                        count += 1
+                    yield ev
         except EngineError as exc:
             self.metrics.failures.labels("generation").inc()
             raise TGIError(500, "generation", str(exc)) from exc
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
-        raise TGIError(500, "generation", "engine ended without a finish event")
 
-    async def run(self, prep: _Prepared) -> _Result:
-        """Generate to the end and collect the result."""
-        tokens: list[TokenEvent] = []
-        finish: FinishEvent | None = None
-        async for ev in self.events(prep):
-            if isinstance(ev, FinishEvent):
-                finish = ev
-            else:
-                tokens.append(ev)
-        assert finish is not None
-        text = "".join(t.text for t in tokens if not t.special)
-        return _Result(text=text, tokens=tokens, finish_reason=finish.finish_reason, seed=finish.seed)
+    async def run(self, prep: Prepared) -> Result:
+        """Generate to the end and collect the result.
+
+        Raises:
+            TGIError: 500 "generation" when the engine fails.
+        """
+        return await collect(self.events(prep))
 
     def info(self) -> dict[str, Any]:
         """TGI's ``Info`` (plus the fields older TGI versions reported)."""
@@ -333,14 +229,6 @@ class TGIServer:
             "sha": None,
             "docker_label": "ragstream-devstack",
         }
-
-
-def _stop_hit(text: str, piece: str, stops: tuple[str, ...]) -> bool:
-    """True when a stop sequence ends within the last ``piece`` appended to ``text``."""
-    if not stops or not piece:
-        return False
-    window = text[-(max(len(s) for s in stops) + len(piece)) :]
-    return any(s in window for s in stops)
 
 
 def _token_json(t: TokenEvent) -> dict[str, Any]:
@@ -466,7 +354,7 @@ def create_app(engine: Engine, limits: ServerLimits) -> FastAPI:
                         last = (
                             ev.special
                             or len(tokens) >= prep.params.max_new_tokens
-                            or _stop_hit(text, ev.text, prep.stop)
+                            or stop_hit(text, ev.text, prep.stop)
                         )
                         if pending is not None:  # a token we held back was not the last one after all
                             yield _sse({"index": len(tokens) - 1, "token": _token_json(pending),
@@ -520,23 +408,15 @@ def create_app(engine: Engine, limits: ServerLimits) -> FastAPI:
     async def chat(req: ChatRequest) -> dict[str, Any] | StreamingResponse:
         rid = await server.begin()
         if req.n not in (None, 1):
-            raise _validation("`n` must be 1")
+            raise validation_error("`n` must be 1")
         if req.tools:
-            raise _validation("tools are not supported by this server")
+            raise validation_error("tools are not supported by this server")
         if req.response_format is not None:
-            raise _validation("response_format (guided generation) is not supported by this server")
-        if not req.messages:
-            raise _validation("`messages` cannot be empty")
+            raise validation_error("response_format (guided generation) is not supported by this server")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        params = GenerateParameters(
-            max_new_tokens=req.max_completion_tokens or req.max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            seed=req.seed,
-            stop=stop,
-            repetition_penalty=None,
-        )
-        prompt = engine.apply_chat_template([{"role": m.role, "content": m.text()} for m in req.messages])
+        max_new = req.max_completion_tokens or req.max_tokens
+        params = chat_parameters(max_new, req.temperature, req.top_p, req.seed, stop)
+        prompt = render_chat(engine, [{"role": m.role, "content": m.text()} for m in req.messages])
         prep = server.prepare(prompt, params, chat=True, request_id=rid)
         server.admit()
         model_id = engine.info().model_id

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from devstack.stack import TINY_LM_DIR
-from devstack.tgi.server import ServerLimits, _stop_hit, create_app
+from devstack.tgi.generation import cut_at_stop, stop_hit
+from devstack.tgi.server import ServerLimits, create_app
 from devstack.tgi.transformers_engine import TransformersEngine
 
 LIMITS = ServerLimits(max_input_tokens=64, max_total_tokens=96, max_concurrent_requests=2)
@@ -28,9 +29,16 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def test_stop_hit_finds_sequences_spanning_tokens() -> None:
-    assert _stop_hit("abc de", " de", ("c d",))
-    assert not _stop_hit("abc de", " de", ("xyz",))
-    assert not _stop_hit("abc", "", ("abc",))
+    assert stop_hit("abc de", " de", ("c d",))
+    assert not stop_hit("abc de", " de", ("xyz",))
+    assert not stop_hit("abc", "", ("abc",))
+
+
+def test_cut_at_stop_drops_the_first_stop_sequence_and_what_follows() -> None:
+    assert cut_at_stop("one two three", ("two", "one t")) == ""
+    assert cut_at_stop("one two three", ("three", " two")) == "one"
+    assert cut_at_stop("one two", ("xyz",)) == "one two"
+    assert cut_at_stop("one two", ("",)) == "one two"
 
 
 async def test_info_reports_limits_and_tiny_model(client: httpx.AsyncClient) -> None:

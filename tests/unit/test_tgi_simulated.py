@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.tgi.engine import EngineError, FinishEvent, GenerationParams, TokenEvent, create_engine
+from devstack.tgi.engine import EngineError, FinishEvent, GenerationParams, TokenEvent
+from devstack.tgi.engines import create_engine
 from devstack.tgi.server import ServerLimits, create_app
 from devstack.tgi.simulated_engine import (
     FaultSchedule,

@@ -1,7 +1,8 @@
 """Bounds on LLM requests in flight: a fixed limit, or one that adapts to what the server tells us.
 
-Pure logic plus asyncio (no HTTP, no Kafka). :class:`~workers.adapters.llm_server.LLMServerClient` holds one
-limiter; each call to the server runs inside :meth:`ConcurrencyLimiter.slot` and reports its outcome there.
+Pure logic plus asyncio (no HTTP, no Kafka). Each LLM adapter (:class:`~workers.adapters.llm_server.LLMServerClient`,
+:class:`~workers.adapters.llm_engine.EngineLLM`) holds one limiter, built by :func:`build_limiter`; each call runs
+inside :meth:`ConcurrencyLimiter.slot` and reports its outcome there.
 
 :class:`AdaptiveLimiter` combines two classic congestion-control rules:
 
@@ -38,6 +39,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from workers.settings import LLMSettings
 
 #: What one call reports back: success with its TTFT, overload (429), or anything else (no signal).
 Outcome = Literal["ok", "overloaded", "ignore"]
@@ -311,3 +314,13 @@ class AdaptiveLimiter:
 
     def _set(self, value: float) -> None:
         self._limit = min(max(value, float(self.min_limit)), float(self.max_limit))
+
+
+def build_limiter(settings: LLMSettings) -> ConcurrencyLimiter:
+    """The bound on calls in flight that ``settings`` ask for: adaptive within
+    ``[min_in_flight, max_in_flight]`` starting at ``initial_in_flight``, or fixed at ``max_in_flight``."""
+    if settings.adaptive:
+        return AdaptiveLimiter(
+            initial=settings.initial_in_flight, min_limit=settings.min_in_flight, max_limit=settings.max_in_flight
+        )
+    return FixedLimiter(settings.max_in_flight)

@@ -11,8 +11,9 @@ two APIs chosen by ``RAG_LLM__API``:
 Calls stream tokens, so time to first token (TTFT) and tokens/s are measured on our side. Upstream errors
 are translated here (:func:`classify`) into :class:`LLMOverloadedError`, :class:`LLMLoadingError`,
 :class:`LLMTimeoutError` (retryable) and :class:`LLMValidationError`, :class:`LLMStreamError` (permanent for this
-request); retries are bounded by the ``llm`` :class:`workers.retry.RetryPolicy`. Nothing connects at import time:
-the HTTP clients are created on first use.
+request); retries are bounded by the ``llm`` :class:`workers.retry.RetryPolicy`. The bound on calls in flight, the
+timeout and the retry loop are :func:`workers.adapters.llm_calls.generate_with_retries`, shared with the in-process
+engine adapter. Nothing connects at import time: the HTTP clients are created on first use.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ from huggingface_hub.errors import (
     ValidationError as HFValidationError,
 )
 
-from workers.adapters.concurrency import AdaptiveLimiter, ConcurrencyLimiter, FixedLimiter
+from workers.adapters.concurrency import ConcurrencyLimiter, build_limiter
 from workers.adapters.interfaces import Generation, ServerInfo
+from workers.adapters.llm_calls import error_for_status, generate_with_retries
 from workers.contracts.errors import (
     ConfigError,
     GenerationError,
-    LLMLoadingError,
     LLMOverloadedError,
     LLMStreamError,
     LLMTimeoutError,
@@ -95,16 +96,7 @@ def classify(exc: BaseException) -> GenerationError:
     if isinstance(exc, HFValidationError):
         return LLMValidationError(f"LLM server rejected the input: {exc}")
     if isinstance(exc, HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 429:
-            return LLMOverloadedError(f"LLM server overloaded (429): {exc}")
-        if status in (502, 503, 504):
-            return LLMLoadingError(f"LLM server unavailable ({status}): {exc}")
-        if status in (400, 413, 422):
-            return LLMValidationError(f"LLM server rejected the input ({status}): {exc}")
-        if status is not None and status >= 500:
-            return LLMLoadingError(f"LLM server error ({status}): {exc}")
-        return LLMValidationError(f"LLM server error ({status}): {exc}")
+        return error_for_status(exc.response.status_code if exc.response is not None else None, str(exc))
     if isinstance(exc, TextGenerationError):  # an error event inside a stream (generation/incomplete/unknown)
         return LLMStreamError(f"error inside the LLM stream: {exc}")
     if isinstance(exc, httpx.TransportError | ConnectionError | OSError):
@@ -112,22 +104,13 @@ def classify(exc: BaseException) -> GenerationError:
     return LLMStreamError(f"unexpected LLM client error: {type(exc).__name__}: {exc}")
 
 
-def build_limiter(settings: LLMSettings) -> ConcurrencyLimiter:
-    """The bound on calls in flight that ``settings`` ask for: adaptive within
-    ``[min_in_flight, max_in_flight]`` starting at ``initial_in_flight``, or fixed at ``max_in_flight``."""
-    if settings.adaptive:
-        return AdaptiveLimiter(
-            initial=settings.initial_in_flight, min_limit=settings.min_in_flight, max_limit=settings.max_in_flight
-        )
-    return FixedLimiter(settings.max_in_flight)
-
-
 class LLMServerClient:
     """The LLM server, seen from ragstream: ``/info`` limits, ``/tokenize`` counts and streamed generation.
 
-    Generation has a bound on calls in flight (:func:`build_limiter`) and bounded retries (``retry``, default
-    the ``llm`` settings' attempts and backoff); token counting and ``/info`` are single calls whose failures
-    are translated (retried, when at all, by the caller's policy).
+    Generation has a bound on calls in flight (:func:`~workers.adapters.concurrency.build_limiter`) and bounded
+    retries (``retry``, default the ``llm`` settings' attempts and backoff), both run by
+    :func:`~workers.adapters.llm_calls.generate_with_retries`; token counting and ``/info`` are single calls whose
+    failures are translated (retried, when at all, by the caller's policy).
 
     Args:
         settings: URL, token, API flavour, timeout, bound on requests in flight, retry bounds.
@@ -271,33 +254,15 @@ class LLMServerClient:
             LLMValidationError: the server rejected the input (no retry).
             LLMStreamError: an error event arrived inside the stream (no partial answer is returned).
         """
-        attempts = 0
-
-        async def once() -> Generation:
-            nonlocal attempts
-            attempts += 1
-            return await self._once(messages, params)
-
-        def on_retry(exc: BaseException, _attempt: int, _sleep: float) -> None:
-            if self._on_retry is not None:
-                self._on_retry(type(exc).__name__)
-
-        gen = await self.retry.call(once, on_retry=on_retry)
-        return Generation(**{**gen.__dict__, "attempts": attempts})
-
-    async def _once(self, messages: list[ChatMessage], params: GenerationParams) -> Generation:
-        async with self.limiter.slot() as ticket:
-            t0 = time.perf_counter()
-            try:
-                call = self._chat if self.api == "chat" else self._text_generation
-                gen = await asyncio.wait_for(call(messages, params, t0), timeout=self.settings.timeout_s)
-            except Exception as exc:  # translated, never leaked
-                err = classify(exc)
-                if isinstance(err, LLMOverloadedError):
-                    ticket.overloaded()
-                raise err from exc
-            ticket.ok(gen.ttft_ms / 1000.0)
-            return gen
+        call = self._chat if self.api == "chat" else self._text_generation
+        return await generate_with_retries(
+            lambda t0: call(messages, params, t0),
+            limiter=self.limiter,
+            retry=self.retry,
+            timeout_s=self.settings.timeout_s,
+            classify=classify,
+            on_retry=self._on_retry,
+        )
 
     async def _chat(self, messages: list[ChatMessage], params: GenerationParams, t0: float) -> Generation:
         stream = await self.client.chat_completion(

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 def build_llm(settings: Settings, metrics: GeneratorMetrics) -> LLM:
     """The LLM the settings ask for: an engine in this process (``llm.engine``) or the HTTP server at ``llm.url``.
 
-    Retried generations are counted in ``metrics.retries`` by error type.
+    Retried generations are counted in ``metrics.retries`` by error type; an in-process engine adds its busy
+    counters (``engine_busy_seconds_total``, ``engine_generations_total``) to ``metrics.registry``.
 
     Raises:
         ConfigError: ``HF_HUB_OFFLINE`` is set (it would refuse every HTTP call), or the engine cannot be built.
@@ -41,7 +42,9 @@ def build_llm(settings: Settings, metrics: GeneratorMetrics) -> LLM:
     if settings.llm.engine:
         from workers.adapters.llm_engine import EngineLLM
 
-        return EngineLLM.from_settings(settings.llm)
+        return EngineLLM.from_settings(
+            settings.llm, metrics.registry, on_retry=lambda err: metrics.retries.labels(err).inc()
+        )
     from workers.adapters.llm_server import LLMServerClient, check_hub_online
 
     check_hub_online()

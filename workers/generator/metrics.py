@@ -15,6 +15,8 @@ class GeneratorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "ragstream_generator") -> None:
         reg = registry if registry is not None else CollectorRegistry()
+        #: The registry these metrics are in (an in-process LLM engine adds its busy counters there).
+        self.registry = reg
         llm_buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
         self.ttft = Histogram(f"{prefix}_llm_ttft_seconds", "Time to first token", buckets=llm_buckets, registry=reg)
         self.total = Histogram(
