@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 
 from devstack.pipeline import Pipeline
-from tests.e2e.conftest import responses_in_topic, settings_for
+from tests.e2e.conftest import free_port, responses_in_topic, settings_for
 from workers.client import RagClient
 from workers.contracts.messages import Request
 
@@ -124,3 +125,40 @@ def test_switch_from_monolith_to_split_answers_every_request_once(
     finally:
         mono.stop(timeout_s=20)
         split.stop(timeout_s=40)
+
+
+def test_monolith_hosting_the_model_in_process_needs_no_llm_server(
+    stack: Any, pipeline_env: dict[str, str], questions: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """``RAG_LLM__ENGINE=simulated``: the engine runs inside the monolith (no server at ``RAG_LLM__URL``); its busy
+    time and generations are on the monolith's /metrics."""
+    port = free_port()
+    env = {
+        **pipeline_env,
+        "RAG_LLM__URL": "http://127.0.0.1:9",  # nothing listens there: every LLM call stays in the process
+        "RAG_LLM__ENGINE": "simulated",
+        "RAG_LLM__ENGINE_ARGS": "--ttft-ms 20 --per-token-ms 5 --capacity 8",
+        "RAG_RETRIEVER__LLM_TOKENIZER": "",
+        "RAG_WORKER__METRICS_PORT": str(port),
+    }
+    settings = settings_for(env)
+    mono = Pipeline(env=env, log_dir=tmp_path / "logs", replicas={"monolith": 1})
+    mono.start()
+    try:
+        mono.wait_ready(timeout_s=240)
+        with RagClient(settings) as client:
+            reqs = [Request(query=q["q"], generation={"max_new_tokens": 6}) for q in questions[:5]]
+            answers = client.ask_many(reqs, timeout_s=180)
+        assert [a.status for a in answers.values()] == ["ok"] * 5
+        assert all(a.model_id and a.provenance and a.provenance.llm_api == "engine" for a in answers.values())
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        values = {
+            line.split()[0]: float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith(("engine_busy_seconds_total", "engine_generations_total"))
+        }
+        print(f"\nin-process engine: {values}")
+        assert values["engine_generations_total"] == 5 and values["engine_busy_seconds_total"] > 0
+    finally:
+        codes = mono.stop(timeout_s=40)
+    assert all(c == 0 for c in codes.values()), codes
