@@ -215,7 +215,7 @@ class SimulatedLLM:
 @pytest.fixture(scope="session")
 def sim_llm_server() -> Iterator[SimulatedLLM]:
     """One simulated LLM server process per session on a free port (no model, filler tokens)."""
-    from tests.llm_helpers import simulated_server
+    from devstack.tgi.launch import simulated_server
 
     with simulated_server(max_input_tokens=3072, max_total_tokens=4096) as (url, proc):
         yield SimulatedLLM(url, proc)

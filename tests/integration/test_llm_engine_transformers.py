@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from devstack.stack import TINY_LM_DIR
-from tests.llm_helpers import tgi_server
+from devstack.tgi.launch import tgi_server
 from workers.adapters.llm_engine import EngineLLM
 from workers.adapters.llm_server import LLMServerClient
 from workers.contracts.messages import ChatMessage, GenerationParams

@@ -22,7 +22,7 @@ from huggingface_hub.errors import (
     ValidationError,
 )
 
-from tests.llm_helpers import simulated_server
+from devstack.tgi.launch import simulated_server
 
 DEFAULTS: dict[str, Any] = {"ttft_ms": 100, "per_token_ms": 20, "capacity": 4, "max_concurrent_requests": 32}
 

@@ -1,4 +1,4 @@
-"""Start the project's TGI-compatible server (any engine) on a free port, for tests and fixtures."""
+"""Start the project's TGI-compatible server (any engine) on a free port: for tests, fixtures and benchmarks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
