@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install headless Chromium for the evaluation report test (tests/e2e/test_evaluate.py renders the report's HTML
+# Install headless Chromium for the evaluation report test (tests/e2e/test_evaluate_e2e.py renders the report's HTML
 # and takes a screenshot). Idempotent: does nothing when a chromium binary is already on PATH.
 set -euo pipefail
 

@@ -402,7 +402,9 @@ def evaluate(
           --fail-on hit@5:-0.05 --fail-on latency.end_to_end_ms.p50:+20% --fail-on error_rate:+0.01
     """
     from workers.evaluation.evaluate import evaluate as run_evaluate
-    from workers.evaluation.evaluate import parse_gate, parse_source, write_report
+    from workers.evaluation.gates import parse_gate
+    from workers.evaluation.report import write_report
+    from workers.evaluation.runs import parse_source
 
     s = _settings()
     gates = [parse_gate(g) for g in fail_on or []]
@@ -430,32 +432,37 @@ def evaluate(
         if embedder is not None:
             embedder.close()
     json_path, html_path = write_report(report, out)
-    b, c = report["baseline"], report["candidate"]
-    table = Table("metric", "baseline", "candidate", title=f"{b['source']} vs {c['source']}")
+    b, c = report.baseline, report.candidate
+    table = Table("metric", "baseline", "candidate", title=f"{b.source} vs {c.source}")
 
     def num(v: object, digits: int = 3) -> str:
         return f"{v:.{digits}f}" if isinstance(v, int | float) else "-"
 
-    table.add_row("requests", str(b["counts"]["total"]), str(c["counts"]["total"]))
-    table.add_row("ok", str(b["counts"]["ok"]), str(c["counts"]["ok"]))
-    for k in ("error", "expired", "missing"):
-        table.add_row(f"{k} rate", num(b["rates"][k]), num(c["rates"][k]))
+    table.add_row("requests", str(b.counts["total"]), str(c.counts["total"]))
+    table.add_row("ok", str(b.counts["ok"]), str(c.counts["ok"]))
+    for k, rb, rc in (
+        ("error", b.rates.error, c.rates.error),
+        ("expired", b.rates.expired, c.rates.expired),
+        ("missing", b.rates.missing, c.rates.missing),
+    ):
+        table.add_row(f"{k} rate", num(rb), num(rc))
     for k in ("hit@1", "hit@5", "mrr"):
-        table.add_row(k, num(b["retrieval"].get(k)), num(c["retrieval"].get(k)))
+        table.add_row(k, num(b.retrieval.get(k)), num(c.retrieval.get(k)))
+    e2e_b, e2e_c = b.latency_ms.get("end_to_end_ms"), c.latency_ms.get("end_to_end_ms")
     for p in ("p50", "p90", "p99"):
         table.add_row(
             f"end_to_end_ms {p}",
-            num(b["latency_ms"].get("end_to_end_ms", {}).get(p), 1),
-            num(c["latency_ms"].get("end_to_end_ms", {}).get(p), 1),
+            num(e2e_b.get(p) if e2e_b is not None else None, 1),
+            num(e2e_c.get(p) if e2e_c is not None else None, 1),
         )
-    table.add_row("answer similarity mean", "", num(report["compare"]["answer_similarity"].get("mean")))
-    table.add_row("chunk Jaccard mean", "", num(report["compare"]["chunk_jaccard"].get("mean")))
+    table.add_row("answer similarity mean", "", num(report.compare.answer_similarity.mean))
+    table.add_row("chunk Jaccard mean", "", num(report.compare.chunk_jaccard.mean))
     console.print(table)
-    for g in report["gates"]:
-        mark = "[green]pass[/]" if g["passed"] else "[red]FAIL[/]"
-        console.print(f"{mark} {g['gate']}: {g['reason']}", highlight=False)
+    for g in report.gates:
+        mark = "[green]pass[/]" if g.passed else "[red]FAIL[/]"
+        console.print(f"{mark} {g.gate}: {g.reason}", highlight=False)
     console.print(f"wrote {html_path} and {json_path}")
-    if not report["passed"]:
+    if not report.passed:
         raise typer.Exit(code=1)
 
 

@@ -1,10 +1,14 @@
 """Capacity and cost planning (``ragstream plan``): replicas, machines, partitions and cost of both shapes.
 
-:mod:`workers.planning.capacity` holds the pure formulas and their data models (stdlib + pydantic only);
-:mod:`workers.planning.command` is the typer command that reads the inputs and prints the plan.
+:mod:`workers.planning.models` holds the inputs and results (pydantic), :mod:`workers.planning.capacity` the
+pure formulas of each shape, :mod:`workers.planning.breakeven` the break-even scan and
+:mod:`workers.planning.plan` the whole plan (stdlib + pydantic only); :mod:`workers.planning.command` is the
+typer command that reads the inputs and prints the plan.
 """
 
-from workers.planning.capacity import (
+from workers.planning.breakeven import break_even
+from workers.planning.capacity import monolith_shape, split_shape
+from workers.planning.models import (
     BreakEven,
     Deployment,
     MeasuredCosts,
@@ -13,11 +17,8 @@ from workers.planning.capacity import (
     PlanInputs,
     PlanResult,
     SplitPlan,
-    break_even,
-    monolith_shape,
-    plan_capacity,
-    split_shape,
 )
+from workers.planning.plan import plan_capacity
 
 __all__ = [
     "BreakEven",

@@ -1,7 +1,8 @@
 """``ragstream plan``: read measured costs and the team's inputs, print the capacity and cost of both shapes.
 
-The arithmetic lives in :mod:`workers.planning.capacity`; this module reads the ``--costs`` file (written by
-benchmark B9) and the options, reports where each input came from, and prints tables (or ``--json``).
+The arithmetic lives in :mod:`workers.planning.capacity`, :mod:`workers.planning.breakeven` and
+:mod:`workers.planning.plan`; this module reads the ``--costs`` file (written by benchmark B9) and the
+options, reports where each input came from, and prints tables (or ``--json``).
 Input errors (missing, ≤ 0, unreadable file) print one line on stderr and exit with status 2.
 """
 
@@ -16,7 +17,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from workers.planning.capacity import (
+from workers.planning.capacity import fmt
+from workers.planning.models import (
     DEFAULT_CPU_CORES,
     DEFAULT_ENGINE_CONCURRENCY,
     DEFAULT_GPU_HOST_CORES,
@@ -29,9 +31,8 @@ from workers.planning.capacity import (
     MeasuredCosts,
     PlanInputs,
     PlanResult,
-    fmt,
-    plan_capacity,
 )
+from workers.planning.plan import plan_capacity
 
 #: Unit of every input, for the inputs table.
 _UNITS = {
@@ -239,7 +240,7 @@ def print_plan(result: PlanResult, console: Console) -> None:
     """Print a plan for people: inputs, both shapes, partitions, the arithmetic, break-even and notes.
 
     Args:
-        result: The plan from :func:`workers.planning.capacity.plan_capacity`.
+        result: The plan from :func:`workers.planning.plan.plan_capacity`.
         console: Where to print.
     """
     inputs, split, mono = result.inputs, result.split, result.monolith

@@ -13,11 +13,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from workers.planning.breakeven import break_even, scan_rates
 from workers.planning.capacity import (
-    Deployment,
-    MeasuredCosts,
-    PlanInputs,
-    break_even,
     ceil_count,
     cost_per_million,
     engine_capacity,
@@ -26,12 +23,12 @@ from workers.planning.capacity import (
     monolith_capacity,
     monolith_shape,
     partitions,
-    plan_capacity,
-    scan_rates,
     servers_for_utilization,
     slot_service_rate,
     split_shape,
 )
+from workers.planning.models import Deployment, MeasuredCosts, PlanInputs
+from workers.planning.plan import plan_capacity
 
 B9 = MeasuredCosts(
     retrieval_cpu_s=0.012,

@@ -1,0 +1,62 @@
+"""Shadow run planning: overrides validated against the settings, and never the live topics or groups."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.contracts.errors import ConfigError
+from workers.evaluation.shadow import parse_overrides, plan_shadow, trace_table_name, worker_env
+from workers.settings import Settings
+from workers.supervisor import process_env
+
+
+def test_parse_overrides_validates() -> None:
+    s = Settings()
+    assert parse_overrides(["retriever.top_k=3", "retriever.template=concise", "llm.url=http://h:1"], s) == {
+        "RAG_RETRIEVER__TOP_K": "3",
+        "RAG_RETRIEVER__TEMPLATE": "concise",
+        "RAG_LLM__URL": "http://h:1",
+    }
+    for bad in (
+        "retriever.top_k=three",
+        "retriever.nope=1",
+        "nosuch.x=1",
+        "top_k=3",
+        "topics.prefix=x",
+        "topics.requests=rag.requests",
+        "worker.group_id=retriever",
+        "monitor.app_id=monitor",
+    ):
+        with pytest.raises(ConfigError):
+            parse_overrides([bad], s)
+
+
+def test_plan_shadow_never_points_at_live_topics_or_groups() -> None:
+    s = Settings()
+    plan = plan_shadow(s, "k3-concise", ["retriever.top_k=3", "retriever.template=concise"])
+    assert plan.prefix == "rag.eval.k3-concise."
+    assert plan.trace_table == "rag_traces_eval_k3_concise" == trace_table_name("k3-concise")
+    assert plan.env["RAG_TOPICS__PREFIX"] == "rag.eval.k3-concise."
+    assert plan.env["RAG_MONITOR__APP_ID"] == "rag.eval.k3-concise.monitor"
+    assert plan.env["RAG_RETRIEVER__TOP_K"] == "3"
+    if "generator" in Settings.model_fields:  # the generator's answer store is keyed by request id
+        assert plan.env["RAG_GENERATOR__ANSWER_TABLE"] == "rag_answers_eval_k3_concise"
+    base = {
+        "RAG_WORKER__GROUP_ID": "retriever",
+        "RAG_MONITOR__APP_ID": "monitor",
+        "HF_HUB_OFFLINE": "1",
+        "RAG_TOPICS__PREFIX": "",
+        "PATH": "/bin",
+    }
+    r = process_env(worker_env(base, plan), "retriever")
+    g = process_env(worker_env(base, plan), "generator")
+    assert "RAG_WORKER__GROUP_ID" not in r and "RAG_WORKER__GROUP_ID" not in g
+    assert r["HF_HUB_OFFLINE"] == "1" and "HF_HUB_OFFLINE" not in g
+    assert g["RAG_TOPICS__PREFIX"] == "rag.eval.k3-concise." and g["PATH"] == "/bin"
+    assert g["RAG_MONITOR__APP_ID"] == "rag.eval.k3-concise.monitor"
+    no_mon = plan_shadow(s, "r2", monitor=False)
+    assert no_mon.workers == ("retriever", "generator") and no_mon.trace_table is None
+    with pytest.raises(ConfigError):
+        plan_shadow(s, "bad name")
+    with pytest.raises(ConfigError):
+        plan_shadow(Settings(topics={"prefix": "rag.eval.x."}), "x")  # type: ignore[arg-type]
