@@ -130,9 +130,7 @@ def measure_shape(env: BenchEnv, engine: str, shape: str, server_url: str, n: in
             pids.setdefault(wp.worker, []).append(wp.proc.pid)
         for name in services:
             pids[name if name != "llm" else "llm server"] = env.service_pids(name)
-        meters = {name: CpuMeter(ps) for name, ps in pids.items()}
-        for m in meters.values():
-            m.pids.discard(__import__("os").getpid())  # the bench process is the client: counted apart
+        meters = {name: CpuMeter(ps, include_self=False) for name, ps in pids.items()}
         with RagClient(env.settings_for(prefix)) as client:
             burst(client, qs, min(n, 40), NEW_TOKENS)  # warm-up: models loaded, connections open
             per_run_cpu: list[dict[str, float]] = []
@@ -206,7 +204,7 @@ def costs_for_plan(results: list[ShapeResult], mode: str) -> dict[str, Any]:
         "retrieval_cpu_s": split.cpu_s_per_request.get("retriever", float("nan")),
         "generator_cpu_s": split.cpu_s_per_request.get("generator", float("nan")),
         "monolith_cpu_s": mono.cpu_s_per_request.get("monolith", float("nan")),
-        "engine_s": split.engine_s_per_request / SIM["capacity"],
+        "engine_s": split.engine_s_per_request,
         "generation_latency_s": split.timings_ms["llm_total_ms"] / 1000.0,
         "generation_latency_p99_s": split.p99_ms / 1000.0,
         "retrieval_latency_s": sum(split.timings_ms[k] for k in ("embed_ms", "search_ms", "prompt_ms")) / 1000.0,
@@ -243,12 +241,11 @@ def run(env: BenchEnv, *, quick: bool, runs: int, options: dict[str, Any]) -> li
     for engine in engines:
         by = {r.shape: r for r in results if r.engine == engine}
         http = Side(SHAPES[1], "req/s", by[SHAPES[1]].runs)
-        rows.append(
-            Row(f"B9 {engine}", "req/s split / monolith (HTTP)", Side("split", "req/s", by["split"].runs), http,
-                note=f"busy fraction split {by['split'].busy_fraction:.2f}, monolith {by[SHAPES[1]].busy_fraction:.2f}")  # fmt: skip
-        )
-        rows.append(
-            Row(f"B9 {engine}", "req/s monolith engine in-process / HTTP", Side(SHAPES[0], "req/s", by[SHAPES[0]].runs),
-                http, note=f"busy fraction in-process {by[SHAPES[0]].busy_fraction:.2f}")  # fmt: skip
-        )
+        split, inproc = by["split"], by[SHAPES[0]]
+        busy = f"busy fraction split {split.busy_fraction:.2f}, monolith {by[SHAPES[1]].busy_fraction:.2f}"
+        rows.append(Row(f"B9 {engine}", "req/s split / monolith (HTTP)", Side("split", "req/s", split.runs), http,
+                        note=busy))  # fmt: skip
+        rows.append(Row(f"B9 {engine}", "req/s monolith engine in-process / HTTP",
+                        Side(SHAPES[0], "req/s", inproc.runs), http,
+                        note=f"busy fraction in-process {inproc.busy_fraction:.2f}"))  # fmt: skip
     return rows

@@ -115,11 +115,12 @@ class CpuMeter:
     """CPU seconds (user + system) of a set of processes and their live children.
 
     Args:
-        pids: process ids; the current process is always included.
+        pids: process ids.
+        include_self: count the current process too (the bench process, when it is the client of the side).
     """
 
-    def __init__(self, pids: Iterable[int] = ()) -> None:
-        self.pids = {psutil.Process().pid, *pids}
+    def __init__(self, pids: Iterable[int] = (), include_self: bool = True) -> None:
+        self.pids = {*pids, *([psutil.Process().pid] if include_self else [])}
 
     def total(self) -> float:
         """CPU seconds so far of the processes and their current children (exited ones are gone)."""

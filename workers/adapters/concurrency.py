@@ -130,8 +130,35 @@ class _Slots:
                 fut.set_result(None)
 
 
-class FixedLimiter:
-    """A fixed bound on calls in flight (a semaphore with the limiter interface).
+class _SlotLimiter:
+    """What both limiters share: FIFO slots under the current ``limit``, a :class:`Ticket` per call, the ticket's
+    outcome handed to :meth:`_settle` when the call leaves its slot."""
+
+    _clock: Callable[[], float]
+    _slots: _Slots
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a slot now."""
+        return self._slots.in_flight
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[Ticket]:
+        """Wait for a slot (FIFO); on leaving, the ticket's outcome goes to :meth:`_settle`."""
+        await self._slots.acquire()
+        ticket = Ticket(self._clock())
+        try:
+            yield ticket
+        finally:
+            self._settle(ticket)
+            self._slots.release()
+
+    def _settle(self, ticket: Ticket) -> None:
+        """Act on a finished call's outcome (default: nothing)."""
+
+
+class FixedLimiter(_SlotLimiter):
+    """A fixed bound on calls in flight (a semaphore with the limiter interface; outcomes are ignored).
 
     Args:
         limit: calls in flight allowed (>= 1).
@@ -151,20 +178,6 @@ class FixedLimiter:
     def limit(self) -> int:
         """The fixed bound."""
         return self._limit
-
-    @property
-    def in_flight(self) -> int:
-        """Calls holding a slot now."""
-        return self._slots.in_flight
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[Ticket]:
-        """Wait for a slot (FIFO); outcomes are ignored."""
-        await self._slots.acquire()
-        try:
-            yield Ticket(self._clock())
-        finally:
-            self._slots.release()
 
 
 @dataclass
@@ -190,7 +203,7 @@ class AdaptiveStats:
     history: collections.deque[tuple[float, int]] = field(default_factory=lambda: collections.deque(maxlen=1000))
 
 
-class AdaptiveLimiter:
+class AdaptiveLimiter(_SlotLimiter):
     """Bound on LLM calls in flight adapted from TTFT growth (Vegas) and 429s (AIMD); see the module doc.
 
     Args:
@@ -242,21 +255,9 @@ class AdaptiveLimiter:
         """Current bound on calls in flight (integer part of the internal float limit)."""
         return int(self._limit)
 
-    @property
-    def in_flight(self) -> int:
-        """Calls holding a slot now."""
-        return self._slots.in_flight
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[Ticket]:
-        """Wait for a slot (FIFO); on leaving, the ticket's outcome updates the limit."""
-        await self._slots.acquire()
-        ticket = Ticket(self._clock())
-        try:
-            yield ticket
-        finally:
-            self.observe(ticket)
-            self._slots.release()
+    def _settle(self, ticket: Ticket) -> None:
+        """The finished call's outcome updates the limit (:meth:`observe`)."""
+        self.observe(ticket)
 
     # -- the rule (synchronous, unit-testable) -------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from workers.adapters.answers import PgAnswerStore
 from workers.adapters.interfaces import LLM, AnswerStore
@@ -21,7 +21,7 @@ from workers.contracts.messages import Prompt, Request
 from workers.generator.metrics import GeneratorMetrics
 from workers.generator.stage import STAGE, GeneratorStage
 from workers.kafka.admin import check_broker
-from workers.kafka.loop import build_worker_loop
+from workers.kafka.loop import serve_handler
 from workers.retry import retry_policies
 from workers.settings import Settings
 from workers.stream.metrics import RunnerMetrics, build_runner_metrics
@@ -125,20 +125,15 @@ async def serve(settings: Settings) -> None:
         log.info("LLM model_id=%s max_total_tokens=%s api=%s", info.model_id, info.max_total_tokens, llm.api)
         answers = await open_answer_store(settings, resources)
         runner = build_runner(settings, [GeneratorStage(llm, metrics)], answers, registry)
-        if settings.worker.metrics_port:
-            start_http_server(settings.worker.metrics_port, registry=registry)
-        loop = build_worker_loop(
+        await serve_handler(
             settings,
+            runner,
             role=STAGE,
             topics=[settings.topics.name("prompts")],
-            handler=runner.handle,
             max_in_flight=max(settings.worker.max_in_flight, settings.llm.max_in_flight),
             batch_max=1,
             registry=registry,
         )
-        runner.stopping = loop.is_stopping
-        loop.install_signal_handlers()
-        await loop.run()
 
 
 __all__ = ["build_llm", "build_runner", "open_answer_store", "serve"]

@@ -35,11 +35,13 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from workers.contracts.errors import PromptTooLargeError, RagError
 from workers.contracts.serde import headers_to_dict
@@ -555,3 +557,45 @@ def build_worker_loop(
         handler,
         metrics or build_loop_metrics(registry, role=role),
     )
+
+
+class Runner(Protocol):
+    """What :func:`serve_handler` needs of a stream runner: its handler and a stop check it consults."""
+
+    stopping: Callable[[], bool]
+
+    async def handle(self, batch: list[Incoming]) -> list[list[Output]]:
+        """Process one micro-batch; one output list per input."""
+        ...
+
+
+async def serve_handler(
+    settings: Settings,
+    runner: Runner,
+    *,
+    role: str,
+    topics: list[str],
+    max_in_flight: int,
+    batch_max: int,
+    registry: CollectorRegistry,
+) -> None:
+    """Run one worker loop for ``runner`` until SIGTERM/SIGINT: metrics on ``worker.metrics_port`` (0: none),
+    the loop of :func:`build_worker_loop`, the runner told when the loop stops.
+
+    Raises:
+        FatalWorkerError: see :meth:`WorkerLoop.run`.
+    """
+    if settings.worker.metrics_port:
+        start_http_server(settings.worker.metrics_port, registry=registry)
+    loop = build_worker_loop(
+        settings,
+        role=role,
+        topics=topics,
+        handler=runner.handle,
+        max_in_flight=max_in_flight,
+        batch_max=batch_max,
+        registry=registry,
+    )
+    runner.stopping = loop.is_stopping
+    loop.install_signal_handlers()
+    await loop.run()

@@ -86,20 +86,11 @@ class KafkaProducer:
             BufferError: the queue stayed full for ``max_wait_s`` seconds.
             KafkaException: the message was refused locally (e.g. larger than ``message.max.bytes``).
         """
-        hdrs = list(headers.items()) if isinstance(headers, Mapping) else headers
         deadline = time.monotonic() + self.max_wait_s
-        while True:
-            try:
-                self.client.produce(topic, value=value, key=key, headers=hdrs, on_delivery=on_delivery)
-                break
-            except BufferError:
-                if time.monotonic() > deadline:
-                    raise
-                if on_wait is not None:
-                    on_wait()
-                self.client.poll(0.05)
-        if self.poll_after_produce:
-            self.client.poll(0)
+        while not self._attempt(topic, value, key, headers, on_delivery, deadline):
+            if on_wait is not None:
+                on_wait()
+            self.client.poll(0.05)
 
     async def produce_async(
         self,
@@ -116,18 +107,34 @@ class KafkaProducer:
             BufferError: the queue stayed full for ``max_wait_s`` seconds.
             KafkaException: the message was refused locally.
         """
-        hdrs = list(headers.items()) if isinstance(headers, Mapping) else headers
         deadline = time.monotonic() + self.max_wait_s
-        while True:
-            try:
-                self.client.produce(topic, value=value, key=key, headers=hdrs, on_delivery=on_delivery)
-                break
-            except BufferError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.01)
+        while not self._attempt(topic, value, key, headers, on_delivery, deadline):
+            await asyncio.sleep(0.01)
+
+    def _attempt(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None,
+        headers: Headers | None,
+        on_delivery: DeliveryCallback | None,
+        deadline: float,
+    ) -> bool:
+        """One try: True when queued (then ``poll(0)`` if asked), False on a full queue before ``deadline``.
+
+        Raises:
+            BufferError: the queue is full and ``deadline`` (monotonic seconds) has passed.
+        """
+        hdrs = list(headers.items()) if isinstance(headers, Mapping) else headers
+        try:
+            self.client.produce(topic, value=value, key=key, headers=hdrs, on_delivery=on_delivery)
+        except BufferError:
+            if time.monotonic() > deadline:
+                raise
+            return False
         if self.poll_after_produce:
             self.client.poll(0)
+        return True
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery reports for up to ``timeout_s`` seconds; returns how many were served."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from workers.adapters.embedding import Embedder
 from workers.adapters.interfaces import LLMTokenCounter, ServerInfo
@@ -21,7 +21,7 @@ from workers.adapters.postgres import open_pool
 from workers.adapters.tokenizers import CachedTokenCounter, LocalTokenizerCounter
 from workers.contracts.messages import Request
 from workers.kafka.admin import check_broker
-from workers.kafka.loop import build_worker_loop
+from workers.kafka.loop import serve_handler
 from workers.retriever.metrics import RetrieverMetrics
 from workers.retriever.stage import STAGE, RetrieverStage
 from workers.retry import retry_policies
@@ -111,20 +111,15 @@ async def serve(settings: Settings) -> None:
     registry = CollectorRegistry()
     with contextlib.ExitStack() as resources:
         runner = build_runner(settings, build_stage(settings, registry, resources), registry)
-        if settings.worker.metrics_port:
-            start_http_server(settings.worker.metrics_port, registry=registry)
-        loop = build_worker_loop(
+        await serve_handler(
             settings,
+            runner,
             role=STAGE,
             topics=[settings.topics.name("requests")],
-            handler=runner.handle,
             max_in_flight=settings.worker.max_in_flight or 4 * settings.worker.batch_max,
             batch_max=settings.worker.batch_max,
             registry=registry,
         )
-        runner.stopping = loop.is_stopping
-        loop.install_signal_handlers()
-        await loop.run()
 
 
 __all__ = ["build_runner", "build_stage", "serve"]
