@@ -50,7 +50,8 @@ def _queries(x: np.ndarray, q: int, seed: int = 12) -> np.ndarray:
 
 
 def _load(env: BenchEnv, table: str, x: np.ndarray) -> None:
-    from workers.adapters.pgvector import ChunkRow, VectorStore
+    from workers.adapters.interfaces import ChunkRow
+    from workers.adapters.pgvector import VectorStore
     from workers.adapters.postgres import open_pool
 
     # A bigger maintenance_work_mem lets pgvector build the whole graph in memory (much faster).

@@ -171,7 +171,8 @@ class BenchEnv:
         """
         from pydoc_data.topics import topics
 
-        from workers.adapters.pgvector import ChunkRow, VectorStore
+        from workers.adapters.interfaces import ChunkRow
+        from workers.adapters.pgvector import VectorStore
         from workers.adapters.postgres import open_pool
 
         pool = open_pool(self.stack.database_url, min_size=1, max_size=2, vector=True)

@@ -13,8 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from workers.adapters.embedding import Embedder
+from workers.adapters.interfaces import ChunkRow
 from workers.adapters.llm_server import LLMServerClient
-from workers.adapters.pgvector import ChunkRow, VectorStore
+from workers.adapters.pgvector import VectorStore
 from workers.adapters.postgres import open_pool
 from workers.adapters.tokenizers import LocalTokenizerCounter
 from workers.contracts.messages import DeadLetter, Prompt, Request, Response

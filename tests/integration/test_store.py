@@ -12,7 +12,8 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from workers.adapters.pgvector import ChunkRow, VectorStore
+from workers.adapters.interfaces import ChunkRow
+from workers.adapters.pgvector import VectorStore
 from workers.adapters.postgres import open_pool
 from workers.contracts.errors import DimensionMismatchError, ServiceUnavailableError
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -67,6 +67,31 @@ class Hit:
     chunk_index: int
     text: str
     score: float
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """One chunk to store (written by ingestion, stored by :class:`workers.adapters.pgvector.VectorStore`).
+
+    Attributes:
+        chunk_id: ``f"{document_id}#{chunk_index}"``.
+        document_id: the source document.
+        chunk_index: position of the chunk in its document (0-based).
+        text: the chunk text.
+        content_hash: sha256 hex of ``text``; unique per document.
+        token_count: tokens of the embedding model's tokenizer, special tokens included.
+        embedding: ``(dimension,)`` float32, L2-normalized.
+        metadata: JSON-serializable extra fields, matched by filters.
+    """
+
+    chunk_id: str
+    document_id: str
+    chunk_index: int
+    text: str
+    content_hash: str
+    token_count: int
+    embedding: Any
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 #: Metadata filters: key → one value or a list of accepted values.

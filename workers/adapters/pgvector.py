@@ -24,7 +24,6 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from workers.adapters.interfaces import Hit
+from workers.adapters.interfaces import ChunkRow, Hit
 from workers.adapters.postgres import first_line
 from workers.contracts.errors import (
     ConfigError,
@@ -54,31 +53,6 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _COLUMN_FILTERS = ("document_id", "chunk_id")
 #: pgvector's upper bound for ``hnsw.ef_search``.
 _MAX_EF_SEARCH = 1000
-
-
-@dataclass(frozen=True)
-class ChunkRow:
-    """One chunk to store.
-
-    Attributes:
-        chunk_id: ``f"{document_id}#{chunk_index}"``.
-        document_id: the source document.
-        chunk_index: position of the chunk in its document (0-based).
-        text: the chunk text.
-        content_hash: sha256 hex of ``text``; unique per document.
-        token_count: tokens of the embedding model's tokenizer, special tokens included.
-        embedding: ``(dimension,)`` float32, L2-normalized.
-        metadata: JSON-serializable extra fields, matched by filters.
-    """
-
-    chunk_id: str
-    document_id: str
-    chunk_index: int
-    text: str
-    content_hash: str
-    token_count: int
-    embedding: VectorLike
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager

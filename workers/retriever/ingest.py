@@ -22,12 +22,29 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm import tqdm
 
-from workers.adapters.pgvector import ChunkRow
+from workers.adapters.interfaces import ChunkRow
 from workers.contracts.errors import ConfigError
 
 if TYPE_CHECKING:
-    from workers.adapters.embedding import EmbedResult
-    from workers.adapters.pgvector import VectorStore
+    from workers.adapters.interfaces import EmbedResult
+
+
+class ChunkStore(Protocol):
+    """Where ingestion writes (implementation: :class:`workers.adapters.pgvector.VectorStore`)."""
+
+    table: str
+
+    def ensure_schema(self, model_name: str | None = None) -> None:
+        """Create the table and indexes if missing."""
+        ...
+
+    def existing_hashes(self, document_ids: Sequence[str]) -> set[tuple[str, str]]:
+        """``(document_id, content_hash)`` of the chunks stored for these documents."""
+        ...
+
+    def upsert(self, chunks: Sequence[ChunkRow]) -> int:
+        """Store chunks; returns the rows added."""
+        ...
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +307,7 @@ class IngestReport:
 def ingest(
     documents: Iterable[tuple[str, str]],
     embedder: DocumentEmbedder,
-    store: VectorStore,
+    store: ChunkStore,
     batch_size: int = 64,
     progress: bool = True,
     *,
@@ -300,7 +317,7 @@ def ingest(
 ) -> IngestReport:
     """Chunk, embed and store documents; chunks already stored are neither embedded nor written again.
 
-    The store's table is created if missing (:meth:`VectorStore.ensure_schema`).
+    The store's table is created if missing (``store.ensure_schema``).
 
     Args:
         documents: ``(document_id, text)`` pairs.
