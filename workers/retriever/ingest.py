@@ -46,6 +46,7 @@ class ChunkStore(Protocol):
         """Store chunks; returns the rows added."""
         ...
 
+
 logger = logging.getLogger(__name__)
 
 #: Text file suffixes read by :func:`path_documents`.
