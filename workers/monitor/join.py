@@ -272,17 +272,23 @@ class BatchResult:
         return len(self.changes)
 
 
+def _part(
+    kind: EventKind, event: Request | Prompt | Response | DeadLetter, coords: KafkaCoords, values: Mapping[str, Any]
+) -> Part:
+    """The part of ``kind`` an event writes, versioned by the event's ``created_at`` and content hash."""
+    return Part(kind=kind, sig=_sig(event), at=event.created_at, coords=coords, values=values)
+
+
 def _sig(model: BaseModel) -> str:
     return hashlib.sha256(model.model_dump_json().encode("utf-8")).hexdigest()[:32]
 
 
 def _request_part(req: Request, coords: KafkaCoords) -> Part:
-    return Part(
-        kind="request",
-        sig=_sig(req),
-        at=req.created_at,
-        coords=coords,
-        values={
+    return _part(
+        "request",
+        req,
+        coords,
+        {
             "query": req.query,
             "top_k": req.top_k,
             "filters": dict(req.filters),
@@ -320,12 +326,11 @@ def from_prompt(prompt: Prompt, coords: KafkaCoords) -> TraceUpdate:
     Returns:
         An update with ``request`` and ``prompt`` parts.
     """
-    part = Part(
-        kind="prompt",
-        sig=_sig(prompt),
-        at=prompt.created_at,
-        coords=coords,
-        values={
+    part = _part(
+        "prompt",
+        prompt,
+        coords,
+        {
             "passages": [
                 {
                     "chunk_id": p.chunk_id,
@@ -365,12 +370,11 @@ def from_response(resp: Response, coords: KafkaCoords) -> TraceUpdate:
         An update with a ``response`` part.
     """
     err = resp.error
-    part = Part(
-        kind="response",
-        sig=_sig(resp),
-        at=resp.created_at,
-        coords=coords,
-        values={
+    part = _part(
+        "response",
+        resp,
+        coords,
+        {
             "response_status": resp.status,
             "answer": resp.answer,
             "finish_reason": resp.finish_reason,
@@ -430,12 +434,11 @@ def from_dead_letter(dl: DeadLetter, coords: KafkaCoords) -> Joined:
     )
     if rid is None:
         return Joined(error=error)
-    part = Part(
-        kind="dead_letter",
-        sig=_sig(dl),
-        at=dl.created_at,
-        coords=coords,
-        values={
+    part = _part(
+        "dead_letter",
+        dl,
+        coords,
+        {
             "dl_error_class": dl.error_class,
             "dl_error_message": dl.error_message,
             "dl_stage": dl.stage,
