@@ -28,15 +28,8 @@ from bench.env import BenchEnv, questions
 from bench.flows import burst
 from workers.client import RagClient
 from workers.contracts.messages import ChatMessage, Passage, Prompt, Request, Response, Source, Usage
-from workers.monitor.join import (
-    KINDS,
-    OWNED_COLUMNS,
-    KafkaCoords,
-    TraceUpdate,
-    from_prompt,
-    from_request,
-    from_response,
-)
+from workers.monitor.join import from_prompt, from_request, from_response
+from workers.monitor.trace import KINDS, OWNED_COLUMNS, KafkaCoords, TraceUpdate
 
 SERVICES = ("kafka", "postgres", "llm")
 BATCH = 500

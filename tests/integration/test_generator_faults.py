@@ -23,7 +23,8 @@ from workers.generator.app import build_llm, build_runner
 from workers.generator.metrics import GeneratorMetrics
 from workers.generator.stage import GeneratorStage
 from workers.kafka.config import consumer_config
-from workers.kafka.loop import LoopConfig, WorkerLoop, build_loop_metrics
+from workers.kafka.loop import LoopConfig, WorkerLoop
+from workers.kafka.metrics import build_loop_metrics
 from workers.kafka.producer import KafkaProducer
 from workers.settings import GeneratorSettings, KafkaSettings, LLMSettings, Settings, TopicSettings
 from workers.stream.metrics import build_runner_metrics

@@ -42,7 +42,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from workers.adapters.postgres import first_line
 from workers.contracts.errors import ConfigError, PermanentError, RetryableError
-from workers.monitor.join import (
+from workers.monitor.join import merge_updates, resolve
+from workers.monitor.trace import (
     AT_COLUMN,
     JSON_COLUMNS,
     KINDS,
@@ -52,8 +53,6 @@ from workers.monitor.join import (
     BatchResult,
     ErrorRecord,
     TraceUpdate,
-    merge_updates,
-    resolve,
 )
 
 logger = logging.getLogger(__name__)

@@ -41,9 +41,9 @@ from workers.adapters.traces import TraceRecorder
 from workers.contracts.errors import ConfigError, RagError, RetryableError, ServiceUnavailableError
 from workers.kafka.admin import topic_partitions
 from workers.kafka.faust_config import broker_urls, faust_credentials
-from workers.monitor.join import KafkaCoords
 from workers.monitor.metrics import MonitorMetrics, build_metrics
 from workers.monitor.sink import MonitorSink, topic_names
+from workers.monitor.trace import KafkaCoords
 from workers.retry import retry_policies
 from workers.settings import Settings
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from workers.monitor.join import STAGES, BatchResult, ErrorRecord
+from workers.monitor.trace import STAGES, BatchResult, ErrorRecord
 
 #: Latency buckets (seconds): 1 ms to 60 s, roughly 1-2.5-5 per decade.
 LATENCY_BUCKETS_S: tuple[float, ...] = (

@@ -20,8 +20,9 @@ from pydantic import BaseModel
 from workers.contracts.errors import ConfigError, PermanentError, RetryableError
 from workers.contracts.messages import DeadLetter, Prompt, Request, Response
 from workers.contracts.serde import decode
-from workers.monitor.join import BatchResult, ErrorRecord, KafkaCoords, TraceUpdate, assemble, bad_message
+from workers.monitor.join import assemble, bad_message
 from workers.monitor.metrics import MonitorMetrics
+from workers.monitor.trace import BatchResult, ErrorRecord, KafkaCoords, TraceUpdate
 from workers.retry import RetryPolicy
 from workers.settings import Settings
 from workers.stream.records import Incoming

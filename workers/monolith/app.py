@@ -36,7 +36,8 @@ from workers.generator import app as generator_app
 from workers.generator.metrics import GeneratorMetrics
 from workers.generator.stage import GeneratorStage
 from workers.kafka.admin import check_broker, topic_partitions
-from workers.kafka.loop import WorkerLoop, build_loop_metrics, build_worker_loop
+from workers.kafka.loop import WorkerLoop, build_worker_loop
+from workers.kafka.metrics import build_loop_metrics
 from workers.monitor.metrics import build_metrics
 from workers.monitor.sink import MonitorSink, topic_names
 from workers.retriever import app as retriever_app

@@ -14,10 +14,6 @@ from workers.contracts.errors import MessageError
 from workers.contracts.messages import ChatMessage, DeadLetter, ErrorInfo, Passage, Prompt, Request, Response, Usage
 from workers.contracts.serde import encode
 from workers.monitor.join import (
-    OWNED_COLUMNS,
-    SIG_COLUMN,
-    KafkaCoords,
-    TraceUpdate,
     assemble,
     bad_message,
     from_dead_letter,
@@ -30,6 +26,7 @@ from workers.monitor.join import (
     stage_of,
     trace_status,
 )
+from workers.monitor.trace import OWNED_COLUMNS, SIG_COLUMN, KafkaCoords, TraceUpdate
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 

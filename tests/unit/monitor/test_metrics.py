@@ -7,8 +7,8 @@ import uuid
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from workers.monitor.join import STAGES, BatchResult, ErrorRecord, KafkaCoords, TraceChange
 from workers.monitor.metrics import LATENCY_BUCKETS_S, build_metrics
+from workers.monitor.trace import STAGES, BatchResult, ErrorRecord, KafkaCoords, TraceChange
 
 
 def _value(reg: CollectorRegistry, name: str, **labels: str) -> float:
