@@ -206,72 +206,65 @@ class ServiceRate(BaseModel):
     binding: str
 
 
-class SplitPlan(BaseModel):
-    """The split shape at one rate.
+class ShapePlan(BaseModel):
+    """What every shape's plan at one rate reports.
 
     Attributes:
         rate: λ (requests/s).
+        binding: The resource that sets the replica count (see each shape).
+        in_flight_per_engine: Requests inside one engine, by Little's law (λ / engines)·W.
+        over_engine_concurrency: Whether that exceeds the engine's slots.
+        cost_per_hour: $/hour.
+        cost_per_million: $ per million requests.
+        latency: End-to-end latency estimate.
+    """
+
+    model_config = _FROZEN
+
+    rate: float
+    binding: str
+    in_flight_per_engine: Figure
+    over_engine_concurrency: bool
+    cost_per_hour: Figure
+    cost_per_million: Figure
+    latency: Latency
+
+
+class SplitPlan(ShapePlan):
+    """The split shape at one rate (``binding``: ``GPU (engine ...)`` or ``GPU-host CPU (generator processes)``).
+
+    Attributes:
         gpu_machines: GPU machines g (one engine and its generator process(es) each).
-        binding: What sets g: ``GPU (engine ...)`` or ``GPU-host CPU (generator processes)``.
         generator_processes_per_gpu_machine: GIL-bound generator processes per GPU machine (one per core needed).
         generator_replicas: Generator processes in all.
         gpu_utilization: Engine utilization λ / (g·μ_gpu).
         retriever_cores: CPU cores the retrievers need at ρ_max (unrounded).
         retriever_replicas: Retriever processes (one per core needed).
         cpu_machines: CPU machines for the retrievers.
-        in_flight_per_engine: Requests inside one engine, by Little's law (λ/g)·W.
-        over_engine_concurrency: Whether that exceeds the engine's slots.
-        cost_per_hour: $/hour.
-        cost_per_million: $ per million requests.
-        latency: End-to-end latency estimate.
     """
 
-    model_config = _FROZEN
-
-    rate: float
     gpu_machines: Count
-    binding: str
     generator_processes_per_gpu_machine: Count
     generator_replicas: Count
     gpu_utilization: Figure
     retriever_cores: Figure
     retriever_replicas: Count
     cpu_machines: Count
-    in_flight_per_engine: Figure
-    over_engine_concurrency: bool
-    cost_per_hour: Figure
-    cost_per_million: Figure
-    latency: Latency
 
 
-class MonolithPlan(BaseModel):
-    """The monolith shape at one rate (one replica per GPU machine).
+class MonolithPlan(ShapePlan):
+    """The monolith shape at one rate, one replica per GPU machine (``binding``: what sets μ_mono, ``GPU (engine
+    ...)`` or ``monolith process CPU``).
 
     Attributes:
-        rate: λ (requests/s).
         service_rate: μ_mono of one replica (requests/s).
-        binding: What sets μ_mono: ``GPU (engine ...)`` or ``monolith process CPU``.
         replicas: Monolith replicas m = GPU machines.
         utilization: Utilization of the binding resource λ / (m·μ_mono).
-        in_flight_per_engine: Requests inside one engine, by Little's law (λ/m)·W.
-        over_engine_concurrency: Whether that exceeds the engine's slots.
-        cost_per_hour: $/hour.
-        cost_per_million: $ per million requests.
-        latency: End-to-end latency estimate.
     """
 
-    model_config = _FROZEN
-
-    rate: float
     service_rate: Figure
-    binding: str
     replicas: Count
     utilization: Figure
-    in_flight_per_engine: Figure
-    over_engine_concurrency: bool
-    cost_per_hour: Figure
-    cost_per_million: Figure
-    latency: Latency
 
 
 class Partitions(BaseModel):
