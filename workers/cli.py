@@ -118,8 +118,8 @@ def ingest(
     from workers.adapters.embedding import Embedder
     from workers.adapters.pgvector import VectorStore
     from workers.adapters.postgres import open_pool
+    from workers.retriever.ingest import file_title, path_documents, pydoc_title, python_docs_documents
     from workers.retriever.ingest import ingest as run_ingest
-    from workers.retriever.ingest import path_documents, python_docs_documents
 
     if not python_docs and path is None:
         raise typer.BadParameter("give a PATH or --python-docs")
@@ -127,11 +127,12 @@ def ingest(
     pool = open_pool(s.database_url.get_secret_value(), min_size=1, max_size=2, vector=True)
     try:
         embedder = Embedder.from_settings(s.embedding)
-        store = VectorStore(pool, table=s.retriever.table, dimension=embedder.dimension)
+        store = VectorStore.from_settings(pool, s.retriever, embedder.dimension)
         store.ensure_schema()
         store.check_dimension()
         docs = python_docs_documents() if python_docs else path_documents(path)  # type: ignore[arg-type]
-        report = run_ingest(docs, embedder, store, batch_size=batch_size, progress=True)
+        titles = pydoc_title if python_docs else file_title
+        report = run_ingest(docs, embedder, store, batch_size=batch_size, progress=True, titles=titles)
         console.print(
             f"documents={report.documents} chunks={report.chunks} inserted={report.inserted} "
             f"skipped={report.skipped} seconds={report.seconds:.1f} table={s.retriever.table} rows={store.count()}"

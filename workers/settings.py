@@ -87,6 +87,17 @@ class EmbeddingSettings(_Section):
 class RetrieverSettings(_Section):
     """Retrieval policy and prompt building."""
 
+    #: ``dense`` (cosine on the HNSW index), ``text`` (PostgreSQL full text: ``websearch_to_tsquery``,
+    #: ``ts_rank_cd``) or ``hybrid`` (both, fused by reciprocal rank: Cormack, Clarke & Büttcher, SIGIR 2009).
+    mode: Literal["dense", "text", "hybrid"] = "hybrid"
+    #: RRF constant k of ``w / (k + rank)`` (60 in the paper) and the weights of the two lists.
+    rrf_k: int = Field(60, ge=1)
+    dense_weight: float = Field(1.0, ge=0.0)
+    text_weight: float = Field(1.0, ge=0.0)
+    #: Candidates each list contributes to the fusion (top-N by cosine, top-N by text rank); at least top_k.
+    candidates: int = Field(40, ge=1)
+    #: PostgreSQL text search configuration of the full-text column and of the queries.
+    text_config: str = "english"
     top_k: int = 5
     #: HNSW ``ef_search`` (pgvector default is 40); raised to at least ``top_k``.
     ef_search: int = 80

@@ -59,7 +59,12 @@ class Hit:
     """One search result.
 
     Attributes:
-        score: cosine similarity ``1 - cosine_distance`` (1 = same direction, 0 = orthogonal, -1 = opposite).
+        score: cosine similarity ``1 - cosine_distance`` (1 = same direction, 0 = orthogonal, -1 = opposite),
+            whatever the search mode.
+        text_score: full-text rank (PostgreSQL ``ts_rank_cd``, cover density; higher is better) when the chunk
+            matched the query's words, else ``None`` (always ``None`` in dense mode).
+        fused_score: reciprocal-rank-fusion score in hybrid mode (``Σ w / (k_rrf + rank)``), else ``None``.
+        context: the title / nearest heading the chunk was indexed with (not part of ``text``).
     """
 
     chunk_id: str
@@ -67,6 +72,9 @@ class Hit:
     chunk_index: int
     text: str
     score: float
+    text_score: float | None = None
+    fused_score: float | None = None
+    context: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ class ChunkRow:
         document_id: the source document.
         chunk_index: position of the chunk in its document (0-based).
         text: the chunk text.
-        content_hash: sha256 hex of ``text``; unique per document.
+        content_hash: sha256 hex of the embedded text (``context`` and ``text``); unique per document.
         token_count: tokens of the embedding model's tokenizer, special tokens included.
         embedding: ``(dimension,)`` float32, L2-normalized.
         metadata: JSON-serializable extra fields, matched by filters.
@@ -92,6 +100,8 @@ class ChunkRow:
     token_count: int
     embedding: Any
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Title and nearest heading of the chunk, embedded and indexed with it but stored apart from ``text``.
+    context: str = ""
 
 
 #: Metadata filters: key → one value or a list of accepted values.
@@ -102,9 +112,15 @@ class ChunkSearch(Protocol):
     """Nearest chunks of query vectors (implementation: :class:`workers.adapters.pgvector.VectorStore`)."""
 
     def search_many(
-        self, query_vectors: Any, k: int, filters: Sequence[Filters | None] | None = None, ef_search: int | None = None
+        self,
+        query_vectors: Any,
+        k: int,
+        filters: Sequence[Filters | None] | None = None,
+        ef_search: int | None = None,
+        queries: Sequence[str] | None = None,
     ) -> list[list[Hit]]:
-        """Top-``k`` hits of each query vector (``(n, dimension)``), best first; blocking (call it in a thread).
+        """Top-``k`` hits of each query (``(n, dimension)`` vectors and, for full-text and hybrid search, the n
+        query texts), best first; blocking (call it in a thread).
 
         Raises:
             RetryableError: the database is briefly unavailable.

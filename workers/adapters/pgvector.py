@@ -2,16 +2,20 @@
 
 One table per corpus (default ``rag_chunks``)::
 
-    chunk_id text PRIMARY KEY, document_id text, chunk_index int, text text, content_hash text,
+    chunk_id text PRIMARY KEY, document_id text, chunk_index int, text text, context text, content_hash text,
     token_count int, metadata jsonb, embedding vector(dim), created_at timestamptz,
+    search_text tsvector GENERATED ALWAYS AS (to_tsvector(config, context || ' ' || text)) STORED,
     UNIQUE (document_id, content_hash)
 
-with an HNSW index ``USING hnsw (embedding vector_cosine_ops)`` and a btree on ``document_id``.
+with an HNSW index ``USING hnsw (embedding vector_cosine_ops)``, a GIN index on ``search_text`` and a btree on
+``document_id``. ``context`` is the chunk's title / nearest heading: embedded and indexed with the text, shown
+apart from it.
 
-Search orders by cosine distance ``embedding <=> q`` on the HNSW index with pgvector 0.8's iterative
-index scan (``hnsw.iterative_scan = relaxed_order``), so a filtered search keeps scanning the graph until
-it has ``k`` matching rows instead of returning fewer; results are re-sorted by distance in Python, as
-relaxed order asks. Scores are cosine SIMILARITIES ``1 - (embedding <=> q)`` in ``[-1, 1]``.
+Search (:mod:`workers.adapters.search_sql`): ``dense`` orders by cosine distance ``embedding <=> q`` on the HNSW
+index with pgvector 0.8's iterative index scan (``hnsw.iterative_scan = relaxed_order``), so a filtered search
+keeps scanning the graph until it has ``k`` matching rows instead of returning fewer (results are re-sorted by
+distance in Python, as relaxed order asks); ``text`` ranks full-text matches; ``hybrid`` fuses the two by
+reciprocal rank. Scores are cosine SIMILARITIES ``1 - (embedding <=> q)`` in ``[-1, 1]`` in every mode.
 
 Database errors are translated here: connection trouble → :class:`RetryableError`, a missing table →
 :class:`ConfigError`, anything else → :class:`PermanentError`.
@@ -34,12 +38,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from workers.adapters.interfaces import ChunkRow, Hit
 from workers.adapters.postgres import first_line
+from workers.adapters.search_sql import Mode, filters_clause, statement
 from workers.contracts.errors import (
     ConfigError,
     DimensionMismatchError,
     PermanentError,
     RetryableError,
 )
+from workers.settings import RetrieverSettings
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +56,6 @@ VectorLike = Sequence[float] | np.ndarray
 Filters = Mapping[str, str | Sequence[str]]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_COLUMN_FILTERS = ("document_id", "chunk_id")
 #: pgvector's upper bound for ``hnsw.ef_search``.
 _MAX_EF_SEARCH = 1000
 
@@ -85,15 +90,51 @@ class VectorStore:
     """
 
     def __init__(
-        self, pool: ConnectionPool, table: str = "rag_chunks", dimension: int = 384, *, ef_search: int = 80
+        self,
+        pool: ConnectionPool,
+        table: str = "rag_chunks",
+        dimension: int = 384,
+        *,
+        ef_search: int = 80,
+        mode: Mode = "dense",
+        rrf_k: int = 60,
+        dense_weight: float = 1.0,
+        text_weight: float = 1.0,
+        candidates: int = 40,
+        text_config: str = "english",
     ) -> None:
         if not _IDENT.match(table):
             raise ConfigError(f"invalid table name {table!r}: use letters, digits and _ (at most 63)")
+        if not _IDENT.match(text_config):
+            raise ConfigError(f"invalid text search configuration {text_config!r}")
         self.pool = pool
         self.table = table
         self.dimension = dimension
         self.ef_search = ef_search
+        self.mode: Mode = mode
+        self.rrf_k = rrf_k
+        self.dense_weight = dense_weight
+        self.text_weight = text_weight
+        self.candidates = candidates
+        self.text_config = text_config
         self._t = sql.Identifier(table)
+
+    @classmethod
+    def from_settings(cls, pool: ConnectionPool, retriever: RetrieverSettings, dimension: int) -> VectorStore:
+        """The store of the retriever's settings: table, ``ef_search``, search mode and fusion parameters."""
+        r = retriever
+        return cls(
+            pool,
+            table=r.table,
+            dimension=dimension,
+            ef_search=r.ef_search,
+            mode=r.mode,
+            rrf_k=r.rrf_k,
+            dense_weight=r.dense_weight,
+            text_weight=r.text_weight,
+            candidates=r.candidates,
+            text_config=r.text_config,
+        )
 
     def _index_name(self, suffix: str) -> sql.Identifier:
         name = f"{self.table}_{suffix}"
@@ -132,11 +173,21 @@ class VectorStore:
                     )"""
                 ).format(t=self._t, dim=sql.Literal(self.dimension))
             )
+            # Added after the first release: a table made before gets them here (the generated column is filled
+            # for the existing rows by this statement).
+            conn.execute(
+                sql.SQL(
+                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS context text NOT NULL DEFAULT '', "
+                    "ADD COLUMN IF NOT EXISTS search_text tsvector GENERATED ALWAYS AS "
+                    "(to_tsvector({cfg}::regconfig, context || ' ' || text)) STORED"
+                ).format(t=self._t, cfg=sql.Literal(self.text_config))
+            )
         self.check_dimension(model_name)
         self.create_indexes()
 
     def create_indexes(self) -> None:
-        """Create the HNSW cosine index and the ``document_id`` btree if missing (idempotent).
+        """Create the HNSW cosine index, the GIN full-text index and the ``document_id`` btree if missing
+        (idempotent).
 
         Raises:
             RetryableError: the database is unavailable.
@@ -146,6 +197,11 @@ class VectorStore:
             conn.execute(
                 sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops)").format(
                     i=self._index_name("embedding_hnsw"), t=self._t
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (search_text)").format(
+                    i=self._index_name("search_text_gin"), t=self._t
                 )
             )
             conn.execute(
@@ -235,7 +291,7 @@ class VectorStore:
         if not chunks:
             return 0
         vectors = [self._as_vector(c.embedding) for c in chunks]
-        cols = "chunk_id, document_id, chunk_index, text, content_hash, token_count, metadata, embedding"
+        cols = "chunk_id, document_id, chunk_index, text, context, content_hash, token_count, metadata, embedding"
         with _translate(f"insert into {self.table}"), self.pool.connection() as conn, conn.transaction():
             tmp = sql.Identifier(f"_ingest_{self.table}"[:63])
             conn.execute(
@@ -247,7 +303,7 @@ class VectorStore:
                 with cur.copy(
                     sql.SQL("COPY {tmp} ({cols}) FROM STDIN WITH (FORMAT BINARY)").format(tmp=tmp, cols=sql.SQL(cols))
                 ) as copy:
-                    copy.set_types(["text", "text", "int4", "text", "text", "int4", "jsonb", "vector"])
+                    copy.set_types(["text", "text", "int4", "text", "text", "text", "int4", "jsonb", "vector"])
                     for c, vec in zip(chunks, vectors, strict=True):
                         copy.write_row(
                             (
@@ -255,6 +311,7 @@ class VectorStore:
                                 c.document_id,
                                 c.chunk_index,
                                 c.text,
+                                c.context,
                                 c.content_hash,
                                 c.token_count,
                                 Jsonb(c.metadata),
@@ -303,29 +360,6 @@ class VectorStore:
             )
         return arr
 
-    def _where(self, filters: Filters | None) -> tuple[sql.Composable, list[Any]]:
-        if not filters:
-            return sql.SQL(""), []
-        parts: list[sql.Composable] = []
-        params: list[Any] = []
-        for key, value in filters.items():
-            values = [value] if isinstance(value, str) else [str(x) for x in value]
-            if key in _COLUMN_FILTERS:
-                parts.append(sql.SQL("{c} = ANY(%s)").format(c=sql.Identifier(key)))
-            else:
-                parts.append(sql.SQL("metadata ->> %s = ANY(%s)"))
-                params.append(key)
-            params.append(values)
-        return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts), params
-
-    def _query(self, filters: Filters | None) -> tuple[sql.Composed, list[Any]]:
-        where, params = self._where(filters)
-        query = sql.SQL(
-            "SELECT chunk_id, document_id, chunk_index, text, embedding <=> %s AS distance FROM {t}{where} "
-            "ORDER BY embedding <=> %s LIMIT %s"
-        ).format(t=self._t, where=where)
-        return query, params
-
     def _run(
         self,
         vectors: Sequence[VectorLike],
@@ -333,13 +367,18 @@ class VectorStore:
         filters: Sequence[Filters | None],
         ef_search: int | None,
         exact: bool,
+        queries: Sequence[str] | None = None,
+        mode: Mode | None = None,
     ) -> list[list[Hit]]:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if len(filters) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors but {len(filters)} filters")
+        use = mode or self.mode
+        if use != "dense" and (queries is None or len(queries) != len(vectors)):
+            raise ValueError(f"{use} search needs one query text per vector")
         arrays = [self._as_vector(v) for v in vectors]
-        queries = [self._query(f) for f in filters]
+        n = max(self.candidates, k)
         out: list[list[Hit]] = []
         with _translate(f"search {self.table}"), self.pool.connection() as conn, conn.transaction():
             if exact:
@@ -348,7 +387,7 @@ class VectorStore:
                 conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
             else:
                 # SET LOCAL semantics (is_local=true): the settings end with this transaction.
-                ef = min(max(ef_search or self.ef_search, k), _MAX_EF_SEARCH)
+                ef = min(max(ef_search or self.ef_search, n if use == "hybrid" else k), _MAX_EF_SEARCH)
                 # enable_seqscan off: on a small table (hundreds to a few thousand chunks) the planner costs the
                 # HNSW index scan above a sequential scan + sort, but the sequential scan reads every TOASTed
                 # vector: 4.3 ms a query against 0.4 ms for the index scan on 622 rows (EXPLAIN ANALYZE). A
@@ -362,41 +401,76 @@ class VectorStore:
                     (str(ef),),
                 )
             with conn.cursor() as cur:
-                for vec, (query, params) in zip(arrays, queries, strict=True):
-                    cur.execute(query, [vec, *params, vec, k])
-                    rows = cur.fetchall()
-                    # relaxed_order may return rows slightly out of order: re-sort by distance.
-                    rows.sort(key=lambda r: r[4])
-                    out.append(
-                        [
-                            Hit(chunk_id=r[0], document_id=r[1], chunk_index=r[2], text=r[3], score=1.0 - float(r[4]))
-                            for r in rows
-                        ]
+                for i, vec in enumerate(arrays):
+                    where, params = filters_clause(filters[i])
+                    params.update(
+                        q=vec,
+                        k=k,
+                        n=n,
+                        text=queries[i] if queries is not None else "",
+                        cfg=self.text_config,
+                        rrf=self.rrf_k,
+                        wd=self.dense_weight,
+                        wt=self.text_weight,
                     )
+                    cur.execute(statement("dense" if exact else use, self._t, where), params)
+                    rows = cur.fetchall()
+                    out.append(self._hits(rows, use if not exact else "dense"))
         return out
 
+    @staticmethod
+    def _hits(rows: Sequence[Sequence[Any]], mode: Mode) -> list[Hit]:
+        """Rows ``(chunk_id, document_id, chunk_index, text, context, distance, text_score, fused)`` as hits, best
+        first: by distance in dense mode (relaxed order may return rows slightly out of order), else as the
+        statement ordered them."""
+        ordered = sorted(rows, key=lambda r: r[5]) if mode == "dense" else list(rows)
+        return [
+            Hit(
+                chunk_id=r[0],
+                document_id=r[1],
+                chunk_index=r[2],
+                text=r[3],
+                context=r[4],
+                score=1.0 - float(r[5]),
+                text_score=None if r[6] is None else float(r[6]),
+                fused_score=None if r[7] is None else float(r[7]),
+            )
+            for r in ordered
+        ]
+
     def search(
-        self, query_vector: VectorLike, k: int, filters: Filters | None = None, ef_search: int | None = None
+        self,
+        query_vector: VectorLike,
+        k: int,
+        filters: Filters | None = None,
+        ef_search: int | None = None,
+        *,
+        query: str | None = None,
+        mode: Mode | None = None,
     ) -> list[Hit]:
-        """The ``k`` chunks nearest to a query by cosine distance (HNSW index, iterative scan).
+        """The ``k`` best chunks for a query: by cosine distance (HNSW index, iterative scan), by full-text rank,
+        or both fused by reciprocal rank (:mod:`workers.adapters.search_sql`).
 
         Args:
             query_vector: ``(dimension,)`` floats, a list or a numpy array.
-            k: rows wanted (fewer only when fewer rows match the filters).
+            k: rows wanted (fewer only when fewer rows match the filters, or the words in text mode).
             filters: e.g. ``{"document_id": "with"}`` or ``{"document_id": ["with", "try"]}``; other keys
                 match ``metadata ->> key``.
             ef_search: HNSW candidate list size for this query (default :attr:`ef_search`, at least ``k``).
+            query: the query text (required in ``text`` and ``hybrid`` mode).
+            mode: ``dense``, ``text`` or ``hybrid`` (default the store's :attr:`mode`).
 
         Returns:
-            Up to ``k`` hits, best (highest cosine similarity) first.
+            Up to ``k`` hits, best first (``score`` is the cosine similarity in every mode).
 
         Raises:
             DimensionMismatchError: the query vector does not have :attr:`dimension` values.
-            ValueError: ``k < 1``.
+            ValueError: ``k < 1``, or no query text in text / hybrid mode.
             RetryableError: the database is unavailable.
             ConfigError: the table does not exist.
         """
-        return self._run([query_vector], k, [filters], ef_search, exact=False)[0]
+        texts = [query] if query is not None else None
+        return self._run([query_vector], k, [filters], ef_search, exact=False, queries=texts, mode=mode)[0]
 
     def search_many(
         self,
@@ -404,6 +478,9 @@ class VectorStore:
         k: int,
         filters: Filters | Sequence[Filters | None] | None = None,
         ef_search: int | None = None,
+        queries: Sequence[str] | None = None,
+        *,
+        mode: Mode | None = None,
     ) -> list[list[Hit]]:
         """:meth:`search` for a micro-batch of queries on one connection in one transaction.
 
@@ -412,6 +489,8 @@ class VectorStore:
             k: rows wanted per query.
             filters: one filter mapping for all queries, or a sequence of n (``None`` entries: no filter).
             ef_search: as in :meth:`search`.
+            queries: the n query texts (required in text and hybrid mode).
+            mode: as in :meth:`search`.
 
         Returns:
             n lists of hits, in the order of ``vectors``.
@@ -424,7 +503,7 @@ class VectorStore:
             per_query: list[Filters | None] = [filters] * len(vecs)
         else:
             per_query = list(filters)
-        return self._run(vecs, k, per_query, ef_search, exact=False)
+        return self._run(vecs, k, per_query, ef_search, exact=False, queries=queries, mode=mode)
 
     def exact_search(self, query_vector: VectorLike, k: int, filters: Filters | None = None) -> list[Hit]:
         """Exact nearest neighbours (no HNSW: every distance computed); for tests and benchmarks.

@@ -73,6 +73,9 @@ class Passage(_Wire):
     text: str
     rank: int = Field(ge=0, description="0 = best ranked")
     tokens: int = Field(0, ge=0, description="Tokens of the LLM tokenizer this passage takes in the prompt.")
+    text_score: float | None = Field(None, description="Full-text rank (ts_rank_cd) when the query's words matched.")
+    fused_score: float | None = Field(None, description="Reciprocal-rank-fusion score (hybrid search).")
+    context: str = Field("", description="Title / nearest heading the chunk was indexed with (not in text).")
 
 
 class ChatMessage(_Wire):
@@ -92,6 +95,8 @@ class Provenance(_Wire):
     #: Revision of the embedding weights: first 12 hex of the sha256 of the weights file.
     embedding_revision: str = ""
     index_name: str = ""
+    #: Search mode: ``dense``, ``text`` or ``hybrid``.
+    retrieval_mode: str = ""
     #: Rows in the index when the retriever started (chunks).
     index_rows: int = 0
     top_k: int = 0

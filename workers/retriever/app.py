@@ -59,7 +59,7 @@ def build_stage(
     resources.callback(embedder.close)
     pool = open_pool(settings.database_url.get_secret_value(), min_size=1, max_size=4, vector=True)
     resources.callback(pool.close)
-    store = VectorStore(pool, table=settings.retriever.table, dimension=embedder.dimension)
+    store = VectorStore.from_settings(pool, settings.retriever, embedder.dimension)
     store.ensure_schema(embedder.model_name)  # idempotent; raises DimensionMismatchError on a wrong column
     if settings.retriever.llm_tokenizer:
         counter = LocalTokenizerCounter(settings.retriever.llm_tokenizer)

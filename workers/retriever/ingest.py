@@ -15,7 +15,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,6 +44,10 @@ class ChunkStore(Protocol):
 
     def upsert(self, chunks: Sequence[ChunkRow]) -> int:
         """Store chunks; returns the rows added."""
+        ...
+
+    def delete_documents(self, document_ids: Sequence[str]) -> int:
+        """Delete every chunk of these documents; returns rows deleted."""
         ...
 
 
@@ -103,6 +107,8 @@ class Chunk:
         start_char: offset of the first character in the document.
         end_char: offset after the last character.
         metadata: copied to the store (matched by search filters).
+        context: the document's title and the chunk's nearest heading, embedded and indexed with the text but
+            stored apart (the prompt shows ``text`` alone); ``content_hash`` and ``token_count`` cover both.
     """
 
     chunk_id: str
@@ -114,6 +120,12 @@ class Chunk:
     start_char: int
     end_char: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    context: str = ""
+
+    @property
+    def embedded_text(self) -> str:
+        """What the embedding model reads: the context line, then the text."""
+        return embedded(self.context, self.text)
 
     def to_row(self, embedding: Any) -> ChunkRow:
         """The store row of this chunk with its ``(dim,)`` float32 embedding."""
@@ -126,7 +138,37 @@ class Chunk:
             token_count=self.token_count,
             embedding=embedding,
             metadata=dict(self.metadata),
+            context=self.context,
         )
+
+
+def embedded(context: str, text: str) -> str:
+    """The text a chunk is embedded (and hashed) as: ``context`` on its own line before ``text`` (``text`` alone
+    without a context)."""
+    return f"{context}\n{text}" if context else text
+
+
+#: A Markdown ATX heading line (``# Title`` ... ``###### Title``).
+_HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.M)
+#: Most characters of context kept in front of a chunk (a long heading is cut).
+MAX_CONTEXT_CHARS = 160
+
+
+def markdown_headings(text: str) -> list[tuple[int, str]]:
+    """``(offset, heading text)`` of every Markdown ATX heading, in document order."""
+    return [(m.start(), m.group(1).strip()) for m in _HEADING.finditer(text)]
+
+
+def file_title(document_id: str, text: str) -> str:
+    """The title of a file document: its first Markdown heading, else its file name."""
+    heads = markdown_headings(text)
+    return heads[0][1] if heads else document_id.rsplit("/", 1)[-1]
+
+
+def pydoc_title(document_id: str, text: str) -> str:
+    """The title of a Python reference topic: the topic key and the topic's first non-empty line."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{document_id}: {first}" if first else document_id
 
 
 def content_hash(text: str) -> str:
@@ -157,8 +199,12 @@ def chunk_text(
     max_tokens: int = 256,
     overlap: int = 32,
     metadata: dict[str, Any] | None = None,
+    title: str = "",
 ) -> list[Chunk]:
     """Split a document into chunks of at most ``max_tokens`` tokens, special tokens included.
+
+    With a ``title`` each chunk gets a context line, the title and (Markdown) the nearest heading at or before the
+    chunk, which is embedded with the chunk: the token budget of the text shrinks by the longest context's tokens.
 
     Args:
         document_id: id of the document; chunk ids are ``f"{document_id}#{index}"``.
@@ -168,6 +214,7 @@ def chunk_text(
         overlap: tokens shared by consecutive chunks (the next chunk starts about this many tokens
             before the previous one ends, at a word start when one is near).
         metadata: stored with every chunk.
+        title: the document's title (empty: no context line).
 
     Returns:
         The chunks in document order; empty for a text without tokens.
@@ -175,7 +222,10 @@ def chunk_text(
     Raises:
         ValueError: ``max_tokens`` leaves no room for text, or ``overlap`` is not below half of it.
     """
-    budget = max_tokens - tokenizer.num_special_tokens
+    heads = markdown_headings(text) if title else []
+    contexts = [title[:MAX_CONTEXT_CHARS]] + [_context(title, h) for _, h in heads]
+    context_tokens = max(tokenizer.count([c + "\n" for c in contexts if c]) or [0])
+    budget = max_tokens - tokenizer.num_special_tokens - (context_tokens - tokenizer.num_special_tokens if title else 0)
     if budget < 2:
         raise ValueError(f"max_tokens {max_tokens} leaves no room for text")
     if not 0 <= overlap < budget // 2:
@@ -220,13 +270,14 @@ def chunk_text(
         start = best_j
 
     texts = [text[spans[s][0] : spans[e - 1][1]] for s, e in ranges]
-    counts = tokenizer.count(texts)
+    ctx = [_nearest(title, heads, spans[s][0]) for s, _e in ranges]
+    counts = tokenizer.count([embedded(c, t) for c, t in zip(ctx, texts, strict=True)])
     # A cut inside a word may re-tokenize into more pieces than the token slice: shrink until it fits.
     for idx, (count, (s, e)) in enumerate(zip(counts, ranges, strict=True)):
         while count > max_tokens and e - s > 1:
             e -= max(1, count - max_tokens)
             texts[idx] = text[spans[s][0] : spans[e - 1][1]]
-            count = tokenizer.count([texts[idx]])[0]
+            count = tokenizer.count([embedded(ctx[idx], texts[idx])])[0]
             ranges[idx] = (s, e)
         if count > max_tokens:
             raise ValueError(f"cannot cut {document_id!r} into chunks of {max_tokens} tokens")
@@ -239,14 +290,29 @@ def chunk_text(
             document_id=document_id,
             chunk_index=i,
             text=t,
-            content_hash=content_hash(t),
+            content_hash=content_hash(embedded(x, t)),
             token_count=c,
             start_char=spans[s][0],
             end_char=spans[e - 1][1],
             metadata=meta,
+            context=x,
         )
-        for i, (t, c, (s, e)) in enumerate(zip(texts, counts, ranges, strict=True))
+        for i, (t, c, (s, e), x) in enumerate(zip(texts, counts, ranges, ctx, strict=True))
     ]
+
+
+def _context(title: str, heading: str) -> str:
+    """The context line of a chunk under ``heading`` in a document titled ``title`` (cut to the limit)."""
+    line = title if not heading or heading == title else f"{title} — {heading}"
+    return line[:MAX_CONTEXT_CHARS]
+
+
+def _nearest(title: str, heads: list[tuple[int, str]], offset: int) -> str:
+    """The context of a chunk starting at character ``offset``: the title and the last heading at or before it."""
+    if not title:
+        return ""
+    before = [h for pos, h in heads if pos <= offset]
+    return _context(title, before[-1] if before else "")
 
 
 def python_docs_documents() -> list[tuple[str, str]]:
@@ -315,8 +381,10 @@ def ingest(
     max_tokens: int | None = None,
     overlap: int = 32,
     metadata: dict[str, Any] | None = None,
+    titles: Callable[[str, str], str] | None = file_title,
 ) -> IngestReport:
-    """Chunk, embed and store documents; chunks already stored are neither embedded nor written again.
+    """Chunk, embed and store documents; chunks already stored are neither embedded nor written again, and a
+    document whose chunks changed is replaced as a whole (its old chunks deleted, its new ones written).
 
     The store's table is created if missing (``store.ensure_schema``).
 
@@ -329,6 +397,8 @@ def ingest(
         max_tokens: chunk size in tokens; default the model's ``max_seq_length``.
         overlap: tokens shared by consecutive chunks.
         metadata: stored with every chunk (e.g. ``{"source": "pydoc"}``).
+        titles: ``(document_id, text) -> title`` of the context line embedded with every chunk
+            (:func:`file_title`, :func:`pydoc_title`); ``None``: no context.
 
     Returns:
         Counts and wall time.
@@ -343,16 +413,30 @@ def ingest(
     store.ensure_schema(embedder.model_name)
     chunks: list[Chunk] = []
     for doc_id, text in docs:
+        title = titles(doc_id, text) if titles is not None else ""
         chunks.extend(
-            chunk_text(doc_id, text, embedder.tokenizer, max_tokens=limit, overlap=overlap, metadata=metadata)
+            chunk_text(
+                doc_id, text, embedder.tokenizer, max_tokens=limit, overlap=overlap, metadata=metadata, title=title
+            )
         )
     existing = store.existing_hashes(sorted({c.document_id for c in chunks}))
+    new_by_doc: dict[str, set[str]] = {}
+    for c in chunks:
+        new_by_doc.setdefault(c.document_id, set()).add(c.content_hash)
+    old_by_doc: dict[str, set[str]] = {}
+    for doc_id, digest in existing:
+        old_by_doc.setdefault(doc_id, set()).add(digest)
+    changed = sorted(d for d, old in old_by_doc.items() if old != new_by_doc.get(d, old))
+    if changed:
+        deleted = store.delete_documents(changed)
+        logger.info("documents changed=%d: their %d old chunks deleted", len(changed), deleted)
+        existing = {(d, h) for d, h in existing if d not in set(changed)}
     todo = [c for c in chunks if (c.document_id, c.content_hash) not in existing]
     inserted = 0
     with tqdm(total=len(todo), desc="embedding chunks", unit="chunk", disable=not progress) as bar:
         for i in range(0, len(todo), batch_size):
             batch = todo[i : i + batch_size]
-            result = embedder.encode([c.text for c in batch])
+            result = embedder.encode([c.embedded_text for c in batch])
             inserted += store.upsert([c.to_row(v) for c, v in zip(batch, result.vectors, strict=True)])
             bar.update(len(batch))
     report = IngestReport(

@@ -101,6 +101,7 @@ class RetrieverStage:
                 k,
                 [dict(requests[j].filters) or None for j in js],
                 self.settings.ef_search,
+                [requests[j].query for j in js],
             )
             ms = (time.perf_counter() - ts) * 1000.0
             for j, hits in zip(js, found, strict=True):
@@ -173,6 +174,9 @@ class RetrieverStage:
                     text=h.text,
                     rank=r,
                     tokens=built.passage_tokens[r],
+                    text_score=h.text_score,
+                    fused_score=h.fused_score,
+                    context=h.context,
                 )
                 for r, h in enumerate(built.passages_kept)
             ],
@@ -189,6 +193,7 @@ class RetrieverStage:
                 embedding_model=self.embedder.model_name,
                 embedding_revision=self.embedder.revision,
                 index_name=self.settings.table,
+                retrieval_mode=self.settings.mode,
                 index_rows=self.index_rows,
                 top_k=k,
                 ef_search=max(self.settings.ef_search, k),
