@@ -4,7 +4,8 @@ One table per corpus (default ``rag_chunks``)::
 
     chunk_id text PRIMARY KEY, document_id text, chunk_index int, text text, context text, content_hash text,
     token_count int, metadata jsonb, embedding vector(dim), created_at timestamptz,
-    search_text tsvector GENERATED ALWAYS AS (to_tsvector(config, context || ' ' || text)) STORED,
+    search_text tsvector GENERATED ALWAYS AS (setweight(to_tsvector(config, context), 'A') ||
+        setweight(to_tsvector(config, text), 'D')) STORED,
     UNIQUE (document_id, content_hash)
 
 with an HNSW index ``USING hnsw (embedding vector_cosine_ops)``, a GIN index on ``search_text`` and a btree on
@@ -99,7 +100,7 @@ class VectorStore:
         mode: Mode = "dense",
         rrf_k: int = 60,
         dense_weight: float = 1.0,
-        text_weight: float = 1.0,
+        text_weight: float = 0.75,
         candidates: int = 40,
         text_config: str = "english",
     ) -> None:
@@ -179,7 +180,8 @@ class VectorStore:
                 sql.SQL(
                     "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS context text NOT NULL DEFAULT '', "
                     "ADD COLUMN IF NOT EXISTS search_text tsvector GENERATED ALWAYS AS "
-                    "(to_tsvector({cfg}::regconfig, context || ' ' || text)) STORED"
+                    "(setweight(to_tsvector({cfg}::regconfig, context), 'A') || "
+                    "setweight(to_tsvector({cfg}::regconfig, text), 'D')) STORED"
                 ).format(t=self._t, cfg=sql.Literal(self.text_config))
             )
         self.check_dimension(model_name)

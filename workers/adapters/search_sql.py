@@ -5,9 +5,12 @@ enough rows match):
 
 * **dense**: ``ORDER BY embedding <=> q LIMIT k`` on the HNSW index (pgvector's iterative scan keeps scanning
   until ``k`` rows pass the filters);
-* **text**: ``search_text @@ websearch_to_tsquery(config, query)`` ranked by ``ts_rank_cd`` (cover density);
-  ``websearch_to_tsquery`` accepts any user text (quotes, ``-``, ``or``, ``:*``, ``&|!``) without a syntax error;
-  a query of stop words only matches nothing;
+* **text**: chunks whose ``search_text`` matches ANY of the query's lexemes, ranked by ``ts_rank_cd`` (cover
+  density: more of the query's words, closer together, rank higher). The query is the OR of the lexemes of
+  ``to_tsvector(config, query)``, which parses any user text (quotes, ``-``, ``or``, ``:*``, ``&|!``) without a
+  syntax error; a query of stop words only matches nothing. ``websearch_to_tsquery`` was measured first: its AND
+  of every word matched a chunk of the right topic in the top 5 for 9 of the 20 public questions (hit@5 0.45);
+  natural-language questions rarely contain only words of one passage;
 * **hybrid**: the top ``candidates`` of each list fused by reciprocal rank, ``Σ w_list / (rrf_k + rank_list)``
   (Cormack, Clarke & Büttcher, "Reciprocal rank fusion outperforms Condorcet and individual rank learning
   methods", SIGIR 2009; k = 60 there), ties broken by chunk id. A query whose words match nothing (stop words
@@ -31,6 +34,12 @@ Mode = Literal["dense", "text", "hybrid"]
 COLUMN_FILTERS = ("document_id", "chunk_id")
 
 _COLS = "c.chunk_id, c.document_id, c.chunk_index, c.text, c.context"
+#: The query as the OR of its lexemes: ``to_tsvector`` of the query text (any text parses; stop words dropped,
+#: words stemmed by the configuration), each lexeme quoted, joined by ``|``, cast to ``tsquery`` as it is.
+_OR_QUERY = (
+    "array_to_string(array(SELECT quote_literal(l) FROM "
+    "unnest(tsvector_to_array(to_tsvector(%(cfg)s::regconfig, %(text)s))) l), ' | ')::tsquery"
+)
 
 
 def filters_clause(filters: Mapping[str, str | Sequence[str]] | None) -> tuple[sql.Composable, dict[str, Any]]:
@@ -63,7 +72,7 @@ def _lexical(table: sql.Identifier, where: sql.Composable, limit: str) -> sql.Co
     """Chunks whose ``search_text`` matches the query, best ``ts_rank_cd`` first, ``LIMIT`` ``limit``."""
     return sql.SQL(
         "SELECT c.chunk_id, ts_rank_cd(c.search_text, tq.q) AS rank "
-        "FROM {t} c, (SELECT websearch_to_tsquery(%(cfg)s::regconfig, %(text)s) AS q) tq "
+        "FROM {t} c, (SELECT " + _OR_QUERY + " AS q) tq "
         "WHERE {where} AND c.search_text @@ tq.q ORDER BY rank DESC, c.chunk_id LIMIT " + limit
     ).format(t=table, where=where)
 
