@@ -213,10 +213,12 @@ def print_response(question: str, resp: object) -> None:
             f"[bold]answer[/] ({resp.model_id}, {resp.usage.completion_tokens} tokens, finish={resp.finish_reason}):"
         )
         console.print(resp.answer, markup=False, highlight=False)
-    src = Table("rank", "document", "chunk", "score", title="sources")
+    src = Table("rank", "document", "chunk", "score", "cited", title="sources")
     for i, s in enumerate(resp.sources):
-        src.add_row(str(i + 1), s.document_id, s.chunk_id, f"{s.score:.4f}")
+        src.add_row(str(i + 1), s.document_id, s.chunk_id, f"{s.score:.4f}", s.cited_by if s.cited else "no")
     console.print(src)
+    if resp.groundedness is not None:
+        console.print(f"groundedness (share of the answer's words in its cited passages): {resp.groundedness:.2f}")
     console.print("timings (ms): " + ", ".join(f"{k}={v:.1f}" for k, v in resp.timings_ms.items()))
 
 

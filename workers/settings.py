@@ -172,6 +172,9 @@ class GeneratorSettings(_Section):
     #: not generated again (PostgreSQL table, see workers/generator/answers.py).
     answer_store: bool = True
     answer_table: str = "rag_answers"
+    #: An answer sentence without [n] markers cites the passage holding at least this share of its content words
+    #: (see ``workers/generator/citations.py``).
+    attribution_threshold: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class MonitorSettings(_Section):

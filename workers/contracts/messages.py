@@ -143,11 +143,15 @@ class Usage(_Wire):
 
 
 class Source(_Wire):
-    """A passage the answer was generated from."""
+    """A passage the answer was generated from, and whether the answer cites it."""
 
     document_id: str
     chunk_id: str
     score: float
+    cited: bool = Field(False, description="The answer cites this passage (see cited_by).")
+    cited_by: Literal["model", "attribution"] | None = Field(
+        None, description="model: the answer's [n] marker; attribution: word overlap of an answer sentence."
+    )
 
 
 class ErrorInfo(_Wire):
@@ -179,6 +183,9 @@ class Response(_Wire):
     error: ErrorInfo | None = None
     attempts: int = Field(1, ge=0, description="LLM calls made for this answer (retries included).")
     provenance: Provenance | None = None
+    groundedness: float | None = Field(
+        None, ge=0.0, le=1.0, description="Share of the answer's content words found in the passages it cites."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Response:

@@ -124,7 +124,9 @@ async def serve(settings: Settings) -> None:
         info = await llm.info()
         log.info("LLM model_id=%s max_total_tokens=%s api=%s", info.model_id, info.max_total_tokens, llm.api)
         answers = await open_answer_store(settings, resources)
-        runner = build_runner(settings, [GeneratorStage(llm, metrics)], answers, registry)
+        runner = build_runner(
+            settings, [GeneratorStage(llm, metrics, settings.generator.attribution_threshold)], answers, registry
+        )
         await serve_handler(
             settings,
             runner,

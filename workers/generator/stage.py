@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from workers.adapters.interfaces import LLM, Generation
 from workers.contracts.errors import LLMRetryableError, PermanentError
 from workers.contracts.messages import ErrorInfo, Prompt, Response, ResponseStatus, Source, Usage
+from workers.generator.citations import cite
 from workers.generator.metrics import GeneratorMetrics
 from workers.stream.results import Failure
 
@@ -36,9 +37,10 @@ class GeneratorStage:
 
     name = STAGE
 
-    def __init__(self, llm: LLM, metrics: GeneratorMetrics | None = None) -> None:
+    def __init__(self, llm: LLM, metrics: GeneratorMetrics | None = None, attribution_threshold: float = 0.5) -> None:
         self.llm = llm
         self.metrics = metrics or GeneratorMetrics()
+        self.attribution_threshold = attribution_threshold
 
     async def run(self, inputs: Sequence[Prompt]) -> list[Response | Failure]:
         """Answer each prompt; one result per prompt, in order."""
@@ -91,6 +93,10 @@ class GeneratorStage:
                 total_tokens=p + generation.completion_tokens,
             )
         params = prompt.request.generation.model_copy(update={"max_new_tokens": prompt.max_new_tokens})
+        texts = [p.text for p in prompt.passages]
+        citations = cite(generation.text, texts, self.attribution_threshold) if generation is not None else None
+        cited = set(citations.cited) if citations is not None else set()
+        how = citations.cited_by if citations is not None else None
         return Response(
             request_id=prompt.request_id,
             created_at=now,
@@ -101,7 +107,17 @@ class GeneratorStage:
             model_id=(generation.model_id if generation is not None and generation.model_id else None)
             or (info.model_id if info else None),
             model_revision=info.model_sha if info else None,
-            sources=[Source(document_id=p.document_id, chunk_id=p.chunk_id, score=p.score) for p in prompt.passages],
+            sources=[
+                Source(
+                    document_id=p.document_id,
+                    chunk_id=p.chunk_id,
+                    score=p.score,
+                    cited=i in cited,
+                    cited_by=how if i in cited else None,
+                )
+                for i, p in enumerate(prompt.passages)
+            ],
+            groundedness=citations.groundedness if citations is not None else None,
             timings_ms=timings,
             error=error,
             attempts=generation.attempts if generation is not None else attempts,

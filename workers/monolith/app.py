@@ -85,7 +85,7 @@ async def serve(settings: Settings) -> None:
             # The LLM's own limits and token counting: the in-process engine's, or the server's /info and /tokenize.
             counter = llm if isinstance(llm, LLMTokenCounter) else None
             retriever = retriever_app.build_stage(settings, registry, sync_resources, limits=info, counter=counter)
-            generator = GeneratorStage(llm, gen_metrics)
+            generator = GeneratorStage(llm, gen_metrics, settings.generator.attribution_threshold)
             answers = await generator_app.open_answer_store(settings, resources)
             monitor = await open_monitor_stage(settings, registry, sync_resources)
             loop_metrics = build_loop_metrics(registry)
