@@ -68,14 +68,17 @@ def test_chunks_carry_their_context_and_the_prompt_text_stays_clean(store: Vecto
 
 
 def _reference(pool: ConnectionPool, store: VectorStore, vec: Any, query: str, doc: str, k: int) -> list[str]:
-    """The hybrid top-k computed in Python over every row of ``doc``: exact cosine ranks and ts_rank_cd ranks (no
-    index, no LIMIT inside the database), each list cut at ``candidates``, fused by reciprocal rank."""
+    """The hybrid top-k computed in Python over every row of ``doc``: exact cosine ranks and ts_rank_cd ranks of the
+    OR of the query's lexemes (no index, no LIMIT inside the database), each list cut at ``candidates``, fused by
+    reciprocal rank."""
     with pool.connection() as conn:
         rows = conn.execute(
             sql.SQL(
                 "SELECT chunk_id, embedding <=> %s AS d, "
                 "CASE WHEN search_text @@ q THEN ts_rank_cd(search_text, q) END "
-                "FROM {t}, websearch_to_tsquery('english', %s) q WHERE document_id = %s"
+                "FROM {t}, (SELECT array_to_string(array(SELECT quote_literal(l) FROM "
+                "unnest(tsvector_to_array(to_tsvector('english', %s))) l), ' | ')::tsquery AS q) tq(q) "
+                "WHERE document_id = %s"
             ).format(t=sql.Identifier(store.table)),
             (vec, query, doc),
         ).fetchall()
