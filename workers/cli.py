@@ -42,7 +42,7 @@ app.add_typer(topics_app, name="topics")
 
 def _version(value: bool) -> None:
     if value:
-        console.print(version_text(), markup=False, highlight=False)
+        console.print(version_text(), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit()
 
 

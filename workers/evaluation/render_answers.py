@@ -15,12 +15,13 @@ from workers.evaluation.models import Report, RequestRow, RunAnswer
 from workers.evaluation.numbers import human
 
 ANSWERS_CSS = """
-#answers td{vertical-align:top} #answers th[data-k]{cursor:pointer;user-select:none}
+#answers{table-layout:fixed;width:100%} #answers td{vertical-align:top;overflow-wrap:anywhere}
+#answers th[data-k]{cursor:pointer;user-select:none}
 #answers th[data-k]:after{content:" \\2195";color:#aaa} #answers tr.changed td{background:#fff8e1}
-#answers .ans{text-align:left;min-width:260px;max-width:360px}
+#answers .ans{text-align:left}
 #answers .txt{max-height:9em;overflow:auto;white-space:pre-wrap;margin-bottom:4px}
 #answers .src{color:#555;font-size:11px} #answers .src .rel{color:#1e6b1a;font-weight:bold}
-#answers .qq{text-align:left;max-width:240px} .tag{font-size:10px;padding:0 4px;border-radius:3px;background:#f5c26b}
+#answers .qq{text-align:left} .tag{font-size:10px;padding:0 4px;border-radius:3px;background:#f5c26b}
 .controls{margin:6px 0;font-size:13px} .controls input{width:260px}
 """
 
@@ -69,6 +70,15 @@ ANSWERS_JS = """
   apply();
 })();
 """
+
+
+#: Column widths (the table is as wide as the page; the two answers share what the others leave).
+_COLS = (
+    "<colgroup><col style='width:32px'><col style='width:170px'><col style='width:80px'>"
+    + "<col style='width:50px'>" * 2
+    + "<col style='width:72px'>" * 4
+    + "<col><col></colgroup>"
+)
 
 
 def _e(x: object) -> str:
@@ -140,6 +150,6 @@ def answers_table(report: Report) -> str:
         "<select id='answers-show'><option value='all'>all requests</option>"
         "<option value='changed'>changed only</option><option value='status'>status changed</option>"
         "<option value='hit'>hit changed</option></select> <span id='answers-count'></span></div>"
-        f"<table id='answers'>{head}<tbody>{rows}</tbody></table>"
+        f"<table id='answers'>{_COLS}{head}<tbody>{rows}</tbody></table>"
         f"<script>{ANSWERS_JS}</script>"
     )

@@ -20,6 +20,11 @@ Semantics:
   The shadow record gets a new timestamp (now), so shadow retention counts from the replay.
 * **Nothing dropped.** An idempotent producer; a full local queue (``BufferError``) is waited out by serving
   delivery reports; every delivery failure is counted in the report (the CLI then exits non-zero).
+* **Paced when asked.** By default records are produced as fast as they are read (a burst); ``Pace(per_s=N)``
+  produces N records per second, ``Pace(original=True)`` reads the range first and produces it with the spacing
+  of the records' own timestamps (:class:`workers.evaluation.replay_plan.Pace`).
+* **Recorded.** A replay into a run appends an entry to the run's log (:mod:`workers.evaluation.runlog`): records
+  delivered, distinct request ids, source, pace. ``ragstream shadow`` reads it to know what to answer.
 
 Selection (all optional, combined by intersection): ``from_offset`` (every partition), ``offsets`` (per
 partition, ``"0:5-9,1:0-"``), ``since``/``until`` (record timestamps, resolved with ``offsets_for_times``

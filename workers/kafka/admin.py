@@ -187,7 +187,8 @@ def delete_topics(kafka: KafkaSettings, names: Iterable[str], timeout_s: float =
     wanted = sorted(set(names))
     if not wanted:
         return []
-    futures = admin_client(kafka).delete_topics(wanted, operation_timeout=timeout_s, request_timeout=timeout_s)
+    admin = admin_client(kafka)  # kept referenced until the futures are done
+    futures = admin.delete_topics(wanted, operation_timeout=timeout_s, request_timeout=timeout_s)
     deleted = []
     for name, fut in futures.items():
         try:
@@ -208,7 +209,8 @@ def consumer_groups(kafka: KafkaSettings, prefix: str, timeout_s: float = 10.0) 
         ServiceUnavailableError: the broker did not answer within ``timeout_s`` seconds.
     """
     try:
-        result = admin_client(kafka).list_consumer_groups(request_timeout=timeout_s).result()
+        admin = admin_client(kafka)  # kept referenced until the future is done
+        result = admin.list_consumer_groups(request_timeout=timeout_s).result()
     except KafkaException as exc:
         raise ServiceUnavailableError(f"listing consumer groups at {kafka.bootstrap_servers!r} failed: {exc}") from None
     return sorted(g.group_id for g in result.valid if g.group_id.startswith(prefix))
@@ -226,7 +228,8 @@ def delete_consumer_groups(kafka: KafkaSettings, groups: Iterable[str], timeout_
     wanted = sorted(set(groups))
     if not wanted:
         return []
-    futures = admin_client(kafka).delete_consumer_groups(wanted, request_timeout=timeout_s)
+    admin = admin_client(kafka)  # kept referenced until the futures are done
+    futures = admin.delete_consumer_groups(wanted, request_timeout=timeout_s)
     deleted = []
     for group, fut in futures.items():
         try:
