@@ -58,7 +58,8 @@ def _print_replay(report: Any) -> None:
     console.print(table)
     console.print(
         f"run={report.run} read={report.read} selected={report.selected} produced={report.produced} "
-        f"request_ids={report.request_ids} failed={report.failed} pace={report.pace} seconds={report.seconds:.1f}"
+        f"request_ids={report.request_ids} failed={report.failed} pace={report.pace} seconds={report.seconds:.1f}",
+        soft_wrap=True,
     )
     if report.missing_request_ids:
         console.print(f"[yellow]{len(report.missing_request_ids)} request ids not found in the range[/]")
@@ -218,7 +219,8 @@ def shadow(
     expected = "?" if result.expected is None else str(result.expected)
     console.print(
         f"run={result.run} stopped={result.reason} answered={result.responses} of {expected} "
-        f"by_status={result.by_status} seconds={result.seconds:.1f} exit_codes={result.exit_codes}"
+        f"by_status={result.by_status} seconds={result.seconds:.1f} exit_codes={result.exit_codes}",
+        soft_wrap=True,
     )
     if result.reason == "timeout" or any(c not in (0, None) for c in result.exit_codes.values()):
         raise typer.Exit(code=1)
