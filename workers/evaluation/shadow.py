@@ -77,34 +77,36 @@ def shadow_processes(plan: ShadowPlan, base_env: Mapping[str, str], log_dir: Pat
 
 
 def attempt(plan: ShadowPlan, previous: runlog.RunLogEntry | None, answers_before: int) -> str:
-    """Whether this shadow starts the run's first attempt (``"fresh"``) or continues one (``"resume"``).
+    """Whether this shadow starts the run afresh (``"fresh"``) or continues an earlier attempt (``"resume"``).
 
     Args:
         plan: this shadow's plan (its overrides).
         previous: the run log's last ``shadow_start`` entry, ``None`` when there is none.
-        answers_before: records already in the run's responses topic.
+        answers_before: records already in the run's prompts and responses topics (what earlier shadow
+            workers produced).
 
     Raises:
         ConfigError: the run was answered with other overrides, or has answers whose settings were not
             recorded; the message says how to start a fresh run.
     """
-    if previous is None and answers_before == 0:
-        return "fresh"
+    if answers_before == 0:  # nothing produced yet: whatever was tried before left nothing to mix up
+        return "fresh" if previous is None or dict(previous.overrides) != dict(plan.overrides) else "resume"
     fresh = (
         f"start a fresh run under another name (ragstream shadow --run {plan.run}-2 ...), or delete this one "
         f"(ragstream runs delete {plan.run}) and replay again"
     )
     if previous is None:
         raise ConfigError(
-            f"run {plan.run!r} already has {answers_before} answers from a shadow whose settings were not recorded; "
-            f"they would be counted as this configuration's: {fresh}"
+            f"run {plan.run!r} already has {answers_before} prompts and answers from a shadow whose settings were not "
+            f"recorded; they would be counted as this configuration's: {fresh}"
         )
     if dict(previous.overrides) != dict(plan.overrides):
         old = " ".join(f"{k}={v}" for k, v in sorted(previous.overrides.items())) or "no overrides"
         new = " ".join(f"{k}={v}" for k, v in sorted(plan.overrides.items())) or "no overrides"
         raise ConfigError(
             f"run {plan.run!r} was answered with {old} (shadow of {previous.at:%Y-%m-%d %H:%M:%S} UTC); this shadow "
-            f"asks for {new}. Its {answers_before} answers would be counted as the new configuration's: {fresh}"
+            f"asks for {new}. Its {answers_before} prompts and answers would be counted as the new configuration's: "
+            f"{fresh}"
         )
     return "resume"
 
@@ -326,9 +328,10 @@ def run_shadow(
     t0 = time.monotonic()
     ensure_shadow_topics(settings, plan.prefix, topics_file)
     responses_topic = plan.prefix + settings.topics.responses
-    kind = attempt(
-        plan, runlog.last_shadow(runlog.read(settings.kafka, plan.prefix)), records_in(settings.kafka, responses_topic)
+    produced = records_in(settings.kafka, plan.prefix + settings.topics.prompts) + records_in(
+        settings.kafka, responses_topic
     )
+    kind = attempt(plan, runlog.last_shadow(runlog.read(settings.kafka, plan.prefix)), produced)
     runlog.append(
         settings.kafka,
         plan.prefix,

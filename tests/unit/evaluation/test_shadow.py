@@ -82,7 +82,10 @@ def test_a_used_run_is_refused_with_other_settings_and_continued_with_the_same()
     assert attempt(plan, _entry(RAG_RETRIEVER__TEMPLATE="concise"), 22) == "resume"
     with pytest.raises(ConfigError, match="RAG_RETRIEVER__TEMPLATE=default") as info:
         attempt(plan, _entry(RAG_RETRIEVER__TEMPLATE="default"), 22)
-    assert "22 answers would be counted" in str(info.value) and "ragstream runs delete r1" in str(info.value)
+    assert "22 prompts and answers would be counted" in str(info.value) and "runs delete r1" in str(info.value)
+    # an earlier attempt that produced nothing (a worker that never started) mixes nothing up
+    assert attempt(plan, _entry(RAG_RETRIEVER__TEMPLATE="default"), 0) == "fresh"
+    assert attempt(plan, _entry(RAG_RETRIEVER__TEMPLATE="concise"), 0) == "resume"
     with pytest.raises(ConfigError, match="not recorded"):
         attempt(plan, None, 5)  # answers from a shadow that left no log entry
     other = plan_shadow(Settings(), "r1")
