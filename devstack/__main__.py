@@ -7,6 +7,8 @@ RAG_DEVSTACK_PG_PORT, RAG_DEVSTACK_LLM_PORT, RAG_DEVSTACK_LLM_ENGINE, RAG_DEVSTA
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -56,10 +58,15 @@ def _stack(home: Path, kafka_port: int, pg_port: int, llm_port: int, engine: str
     return Stack(cfg)
 
 
+def export_lines(env: dict[str, str]) -> list[str]:
+    """``export KEY=VALUE`` lines, values quoted for a POSIX shell."""
+    return [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+
+
 def _print_env(stack: Stack) -> None:
-    console.print("\n# point ragstream at this stack:")
-    for key, value in stack.env().items():
-        console.print(f"export {key}={value}", markup=False, highlight=False)
+    console.print('\n# point ragstream at this stack (or: eval "$(python -m devstack status --env)"):')
+    for line in export_lines(stack.env()):
+        console.print(line, markup=False, highlight=False)
 
 
 def _print_status(stack: Stack) -> bool:
@@ -121,9 +128,24 @@ def status(
     llm_engine: LlmEngine = "transformers",
     llm_model: LlmModel = "",
     only: Only = "",
+    env: Annotated[
+        bool,
+        typer.Option(
+            "--env",
+            help='print only the export lines, for eval "$(python -m devstack status --env)"; '
+            "a service that is down is named on stderr",
+        ),
+    ] = False,
 ) -> None:
     """Show each service; exit 0 when all of them answer, 1 otherwise."""
     stack = _stack(home, kafka_port, pg_port, llm_port, llm_engine, llm_model, only)
+    if env:
+        down = [name for name, st in stack.status().items() if not st["running"]]
+        for line in export_lines(stack.env()):
+            print(line)
+        if down:
+            print(f"devstack: not running: {', '.join(down)} (python -m devstack up)", file=sys.stderr)
+        raise typer.Exit(0 if not down else 1)
     all_up = _print_status(stack)
     _print_env(stack)
     raise typer.Exit(0 if all_up else 1)

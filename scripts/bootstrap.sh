@@ -1,30 +1,64 @@
 #!/usr/bin/env bash
-# Make (once per machine) the virtualenv with the pinned dev install, then install this checkout into it.
-# The venv lives outside the checkout so fresh clones and CI reuse it: torch is installed once per machine,
-# not per run. When requirements.lock changes, the same venv is brought up to the new pins (pip only
-# installs the difference). Prints the venv path on its last line.
+# The virtualenv of this checkout, in two layers, so that every checkout runs its own code while the pinned
+# dependencies (torch and friends) are installed once per machine:
+#
+# 1. the shared venv (RAG_VENV, default ~/.cache/ragstream/venv-py311): the pins of requirements.lock, made
+#    once per machine and brought up to new pins when requirements.lock changes (pip installs the
+#    difference). The project itself is not installed into it.
+# 2. this checkout's venv (RAG_CHECKOUT_VENV, default <checkout>/.venv): no packages of its own but this
+#    checkout, installed editable (the `ragstream` command runs this checkout's code); it sees the shared
+#    venv's packages through a .pth line, and the shared venv's commands (pytest, ruff, mypy, lint-imports,
+#    ...) are in its bin/ too, started by its own python. Bootstrapping a second checkout makes a second
+#    layer and never touches the first.
+#
+# Prints the checkout venv's path on its last line: `source "$(bash scripts/bootstrap.sh | tail -1)/bin/activate"`.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PYTHON:-python3.11}"
 command -v "$py" >/dev/null 2>&1 || py=python3
-venv="${RAG_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ragstream/venv-py311}"
+shared="${RAG_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ragstream/venv-py311}"
+layer="${RAG_CHECKOUT_VENV:-$here/.venv}"
 hash="$(sha256sum "$here/requirements.lock" | cut -c1-16)"
-if [ "$(cat "$venv/.lock-hash" 2>/dev/null)" != "$hash" ]; then
-  if [ ! -x "$venv/bin/python" ]; then
-    echo "bootstrap: creating $venv (first time on this machine: downloads torch and friends, a few minutes)" >&2
-    "$py" -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade "pip>=24" >&2
+if [ "$(cat "$shared/.lock-hash" 2>/dev/null)" != "$hash" ]; then
+  if [ ! -x "$shared/bin/python" ]; then
+    echo "bootstrap: creating $shared (first time on this machine: downloads torch and friends, a few minutes)" >&2
+    "$py" -m venv "$shared"
+    "$shared/bin/pip" install -q --upgrade "pip>=24" >&2
   else
-    echo "bootstrap: requirements.lock changed; updating $venv" >&2
+    echo "bootstrap: requirements.lock changed; updating $shared" >&2
   fi
-  "$venv/bin/pip" install -q -r "$here/requirements.lock" >&2
-  "$venv/bin/pip" check >&2
-  echo "$hash" > "$venv/.lock-hash"
+  "$shared/bin/pip" install -q -r "$here/requirements.lock" >&2
+  "$shared/bin/pip" check >&2
+  echo "$hash" > "$shared/.lock-hash"
 fi
-# The project itself: editable, no dependency resolution (pins above), seconds.
+
+# This checkout's layer: a venv made from the same Python, seeing the shared packages.
+if [ ! -x "$layer/bin/python" ] || [ "$(readlink -f "$layer/bin/python")" != "$(readlink -f "$shared/bin/python")" ]; then
+  rm -rf "$layer"
+  "$shared/bin/python" -m venv --without-pip "$layer"
+fi
+purelib() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+echo "$(purelib "$shared")" > "$(purelib "$layer")/_ragstream_shared_venv.pth"
+
+# The shared venv's commands, started by this layer's python (so they import this checkout's code).
+for src in "$shared"/bin/*; do
+  name="$(basename "$src")"
+  case "$name" in python*|pip*|activate*|Activate*|deactivate|ragstream) continue ;; esac
+  [ -f "$src" ] || continue
+  dst="$layer/bin/$name"
+  rm -f "$dst"
+  if head -c 2 "$src" | grep -q '^#!' && head -n 1 "$src" | grep -q "$shared/bin/python"; then
+    { echo "#!$layer/bin/python"; tail -n +2 "$src"; } > "$dst"
+    chmod +x "$dst"
+  else
+    ln -s "$src" "$dst"
+  fi
+done
+
+# The project itself: editable into the layer, no dependency resolution (pins above), seconds.
 log="$(mktemp)"
-if ! "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here" >"$log" 2>&1; then
+if ! "$layer/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here" >"$log" 2>&1; then
   cat "$log" >&2; rm -f "$log"; exit 1
 fi
 rm -f "$log"
-echo "$venv"
+echo "$layer"

@@ -1,8 +1,11 @@
-"""The ``ragstream`` command line (typer): topics, schema, ingest, run, ask, replay, shadow, evaluate.
+"""The ``ragstream`` command line (typer): topics, schema, ingest, run, ask, plan, and the evaluation commands
+(replay, shadow, evaluate, runs, dlq; :mod:`workers.evaluation.commands` and
+:mod:`workers.evaluation.admin_commands`).
 
 Every command reads its settings from the environment (``RAG_*``, see ``workers/settings.py``) once at
-start. Errors that ragstream raises on purpose (unreachable broker or database, bad configuration) print one
-line on stderr and exit with status 2, without a traceback.
+start. Errors that ragstream raises on purpose (unreachable broker or database, bad configuration) print
+``error (<class>): <what>`` on stderr (a list of valid values follows on its own lines) and exit with status 2,
+without a traceback.
 """
 
 from __future__ import annotations
@@ -14,22 +17,17 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
+from workers.cliutil import command_settings, console, default_topics_file, version_text
 from workers.contracts.errors import RagError
-
-if TYPE_CHECKING:
-    from workers.evaluation.dlq import DlqFilter
-from workers.logs import configure_logging
-from workers.settings import Settings, load_settings
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
-console = Console()
 
 app = typer.Typer(
     name="ragstream",
@@ -42,17 +40,30 @@ topics_app = typer.Typer(help="Create and check the Kafka topics of topics.yaml.
 app.add_typer(topics_app, name="topics")
 
 
+def _version(value: bool) -> None:
+    if value:
+        console.print(version_text(), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and the code's folder, and exit."
+        ),
+    ] = False,
+) -> None:
+    """Streaming RAG inference on Apache Kafka: retriever (CPU), generator (TGI), monitor."""
+
+
 def _settings() -> Settings:
-    s = load_settings()
-    configure_logging(s.log_level, s.log_json)
-    return s
+    return command_settings()
 
 
 def _default_topics_file() -> Path:
-    here = Path.cwd() / "topics.yaml"
-    if here.exists():
-        return here
-    return Path(__file__).resolve().parent.parent / "topics.yaml"
+    return default_topics_file()
 
 
 @topics_app.command("apply")
@@ -154,7 +165,31 @@ class Worker(StrEnum):
 def run(worker: Annotated[Worker, typer.Argument(help="Which worker to run in this process.")]) -> None:
     """Run one worker until SIGTERM/SIGINT: retriever, generator or monitor (the split shape, each its own consumer
     group), or monolith (retriever → generator in memory, monitor stage in-process; same settings, topics and
-    tables, so a deployment can switch shapes)."""
+    tables, so a deployment can switch shapes).
+
+    Settings that matter, per worker (environment variables; all of them: README
+    "Configuration"):
+
+    every worker: RAG_KAFKA__BOOTSTRAP_SERVERS, RAG_TOPICS__PREFIX,
+    RAG_WORKER__GROUP_ID, RAG_WORKER__MAX_IN_FLIGHT, RAG_WORKER__BATCH_MAX,
+    RAG_WORKER__SHUTDOWN_TIMEOUT_S, RAG_WORKER__METRICS_PORT, RAG_LOG_LEVEL,
+    RAG_LOG_JSON.
+
+    retriever: RAG_DATABASE_URL, RAG_RETRIEVER__TABLE, RAG_RETRIEVER__TOP_K,
+    RAG_RETRIEVER__EF_SEARCH, RAG_RETRIEVER__TEMPLATE (default or concise),
+    RAG_RETRIEVER__LLM_TOKENIZER, RAG_LLM__URL (for the token limits),
+    RAG_EMBEDDING__MODEL, RAG_EMBEDDING__DEVICE, RAG_EMBEDDING__TORCH_THREADS.
+
+    generator: RAG_LLM__URL, RAG_LLM__API, RAG_LLM__MAX_IN_FLIGHT,
+    RAG_LLM__TIMEOUT_S, RAG_LLM__MAX_ATTEMPTS, RAG_LLM__ENGINE,
+    RAG_LLM__ENGINE_ARGS, RAG_DATABASE_URL, RAG_GENERATOR__ANSWER_TABLE.
+
+    monitor: RAG_DATABASE_URL, RAG_MONITOR__TABLE, RAG_MONITOR__APP_ID,
+    RAG_MONITOR__METRICS_PORT, RAG_MONITOR__WEB_PORT, RAG_RETRY__DATABASE_*.
+
+    monolith: the retriever's and the generator's, RAG_MONITOR__TABLE,
+    RAG_MONOLITH__DRAIN_PROMPTS.
+    """
     s = _settings()
     if worker is Worker.retriever:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -222,335 +257,25 @@ def print_response(question: str, resp: object) -> None:
     console.print("timings (ms): " + ", ".join(f"{k}={v:.1f}" for k, v in resp.timings_ms.items()))
 
 
-@app.command()
-def replay(
-    run_name: Annotated[
-        str | None, typer.Option("--run", help="Run name: goes into the shadow prefix and the replay_run header.")
-    ] = None,
-    topic: Annotated[str | None, typer.Option(help="Topic to replay (default: the requests topic).")] = None,
-    from_offset: Annotated[int | None, typer.Option(help="First offset of every partition.")] = None,
-    offsets: Annotated[
-        str | None, typer.Option(help="Per-partition offsets, inclusive: '0:5-9,1:0-' (P:A-B, P:A-, P:-B, P:A, P).")
-    ] = None,
-    since: Annotated[
-        str | None, typer.Option(help="First record time, ISO 8601 with zone (2026-11-30T10:00:00Z) or epoch ms.")
-    ] = None,
-    until: Annotated[str | None, typer.Option(help="End record time (exclusive), same forms as --since.")] = None,
-    request_ids: Annotated[
-        str | None, typer.Option(help="Only these request ids: a file (one per line) or comma-separated UUIDs.")
-    ] = None,
-    prefix: Annotated[
-        str, typer.Option(help="Shadow topic prefix; {run} is replaced by the run name.")
-    ] = "rag.eval.{run}.",
-    topics_file: Annotated[
-        Path | None, typer.Option(help="topics.yaml whose topics are created with the prefix if missing.")
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print start, end and count per partition; produce nothing.")
-    ] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
-) -> None:
-    """Replay a bounded range of a topic into a shadow topic set (rag.eval.<run>.*) for evaluation.
+# Registered last, after the commands above (the order of `ragstream --help`).
+from workers.evaluation.admin_commands import dlq_app, runs_app  # noqa: E402
+from workers.evaluation.commands import evaluate, replay, shadow  # noqa: E402
+from workers.planning.command import plan as _plan_command  # noqa: E402
 
-    The range ends at the high watermark taken at the start; no consumer group is joined and no offset is
-    committed. Values are copied unchanged; headers replay_run and replay_source are added. Exits 1 when a
-    record was not delivered.
-
-    Examples:
-
-      ragstream replay --run tmpl-v2 --since 2026-11-30T10:00:00Z --until 2026-11-30T11:00:00Z
-
-      ragstream replay --run r1 --offsets 0:5-9,1:0- --dry-run
-
-      ragstream replay --run r2 --request-ids ids.txt
-    """
-    from workers.evaluation.replay import replay as run_replay
-    from workers.evaluation.replay_plan import build_plan
-
-    s = _settings()
-    plan = build_plan(
-        topic=topic,
-        from_offset=from_offset,
-        offsets=offsets,
-        since=since,
-        until=until,
-        request_ids=request_ids,
-    )
-    report = run_replay(
-        s,
-        plan,
-        run=run_name,
-        prefix=prefix,
-        topics_file=topics_file or _default_topics_file(),
-        dry_run=dry_run,
-        progress=not no_progress and not dry_run,
-    )
-    title = f"{report.source_topic} -> {report.target_topic or '(dry run)'}"
-    if dry_run:
-        table = Table("partition", "start", "end", "count", title=title)
-        for p in report.partitions:
-            table.add_row(str(p.partition), str(p.start), str(p.end), str(p.count))
-        console.print(table)
-        console.print(f"dry run: {report.in_range} records in range over {len(report.partitions)} partitions")
-        return
-    table = Table("partition", "start", "end", "read", "produced", "failed", title=title)
-    for p in report.partitions:
-        table.add_row(str(p.partition), str(p.start), str(p.end), str(p.read), str(p.produced), str(p.failed))
-    console.print(table)
-    console.print(
-        f"run={report.run} read={report.read} selected={report.selected} produced={report.produced} "
-        f"failed={report.failed} seconds={report.seconds:.1f}"
-    )
-    if report.missing_request_ids:
-        console.print(f"[yellow]{len(report.missing_request_ids)} request ids not found in the range[/]")
-    if not report.ok:
-        raise typer.Exit(code=1)
-
-
-@app.command()
-def shadow(
-    run_name: Annotated[str, typer.Option("--run", help="Run name: shadow topics rag.eval.<run>.*, groups, table.")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="SECTION.KEY=VALUE override of the shadow workers (repeatable)."),
-    ] = None,
-    until_responses: Annotated[
-        int | None, typer.Option(help="Stop once this many request ids are answered on the shadow topic.")
-    ] = None,
-    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
-    no_monitor: Annotated[bool, typer.Option("--no-monitor", help="Start no shadow monitor (no trace table).")] = False,
-    prefix: Annotated[str, typer.Option(help="Shadow topic prefix; {run} is replaced by the run name.")] = (
-        "rag.eval.{run}."
-    ),
-    topics_file: Annotated[
-        Path | None, typer.Option(help="topics.yaml whose topics are created with the prefix if missing.")
-    ] = None,
-    log_dir: Annotated[
-        Path | None, typer.Option(help="Folder of the worker logs (default .ragstream/shadow/<run>).")
-    ] = None,
-) -> None:
-    """Run the workers as a shadow pipeline on a replay run's topics, with another configuration.
-
-    Starts retriever, generator and a monitor (trace table rag_traces_eval_<run>) as subprocesses on the
-    topics rag.eval.<run>.*, with consumer groups rag.eval.<run>.<role>; live topics and groups are never
-    used. Stops on Ctrl-C, after --until-responses answers, or after --timeout seconds.
-
-    Examples:
-
-      ragstream shadow --run k3-concise --set retriever.top_k=3 --set retriever.template=concise
-
-      ragstream shadow --run new-llm --set llm.url=http://10.0.0.7:8080 --until-responses 500
-    """
-    from workers.evaluation.shadow import plan_shadow, run_shadow
-
-    s = _settings()
-    plan = plan_shadow(s, run_name, set_ or [], prefix_template=prefix, monitor=not no_monitor)
-    logs = log_dir or Path(".ragstream") / "shadow" / run_name
-    console.print(f"shadow run {plan.run}: topics {plan.prefix}*, table {plan.trace_table or '-'}, logs {logs}")
-    for k, v in sorted(plan.env.items()):
-        console.print(f"  {k}={v}", markup=False, highlight=False)
-    result = run_shadow(
-        s,
-        plan,
-        dict(os.environ),
-        topics_file=topics_file or _default_topics_file(),
-        log_dir=logs,
-        until_responses=until_responses,
-        timeout_s=timeout,
-    )
-    console.print(
-        f"run={result.run} stopped={result.reason} answered={result.responses} by_status={result.by_status} "
-        f"seconds={result.seconds:.1f} exit_codes={result.exit_codes}"
-    )
-    if any(c not in (0, None) for c in result.exit_codes.values()):
-        raise typer.Exit(code=1)
-
-
-@app.command()
-def evaluate(
-    candidate: Annotated[
-        str, typer.Option(help="The run to judge: run:NAME (shadow topics), topics:PREFIX or table:NAME.")
-    ],
-    baseline: Annotated[
-        str, typer.Option(help="The run to compare with: live (live topics), run:NAME, topics:PREFIX or table:NAME.")
-    ] = "live",
-    labels: Annotated[
-        Path | None, typer.Option(help='Labelled questions, JSON lines {"q": ..., "topics": [...]}, for hit@k/MRR.')
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Folder for report.html and report.json.")] = Path("eval-report"),
-    fail_on: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--fail-on",
-            help="Gate (repeatable): METRIC:-X / METRIC:+X% (allowed change against the baseline) or "
-            "METRIC>=X / METRIC<=X; exit 1 when one fails.",
-        ),
-    ] = None,
-    no_similarity: Annotated[
-        bool, typer.Option("--no-similarity", help="Skip answer similarity (does not load the embedding model).")
-    ] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds allowed to read each topic.")] = 120.0,
-) -> None:
-    """Compare a shadow run's answers with the baseline's, by request id; write an HTML + JSON report.
-
-    Per run: counts, error and expiry rates, latency percentiles per stage (ms), tokens, and with --labels
-    hit@1, hit@5 and MRR. Between runs: answer similarity (embedding cosine) and overlap of the retrieved
-    chunks and documents. Exits 1 when a --fail-on gate regresses, so it can gate a release.
-
-    Examples:
-
-      ragstream evaluate --candidate run:k3-concise --labels questions.jsonl --out report/
-
-      ragstream evaluate --candidate run:k3-concise --baseline table:rag_traces --labels questions.jsonl \\
-          --fail-on hit@5:-0.05 --fail-on latency.end_to_end_ms.p50:+20% --fail-on error_rate:+0.01
-    """
-    from workers.evaluation.evaluate import evaluate as run_evaluate
-    from workers.evaluation.gates import parse_gate
-    from workers.evaluation.report import write_report
-    from workers.evaluation.runs import parse_source
-
-    s = _settings()
-    gates = [parse_gate(g) for g in fail_on or []]
-    base_src = parse_source(baseline, s.topics.prefix)
-    cand_src = parse_source(candidate, s.topics.prefix)
-    if base_src == cand_src:
-        raise typer.BadParameter("--baseline and --candidate name the same run")
-    embedder = None
-    if not no_similarity:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedding model loads from its local folder
-        from workers.adapters.embedding import Embedder
-
-        embedder = Embedder.from_settings(s.embedding)
-    try:
-        report = run_evaluate(
-            s,
-            base_src,
-            cand_src,
-            labels_path=labels,
-            gates=gates,
-            embed=(lambda texts: embedder.encode(texts).vectors.tolist()) if embedder is not None else None,
-            timeout_s=timeout,
-        )
-    finally:
-        if embedder is not None:
-            embedder.close()
-    json_path, html_path = write_report(report, out)
-    b, c = report.baseline, report.candidate
-    table = Table("metric", "baseline", "candidate", title=f"{b.source} vs {c.source}")
-
-    def num(v: object, digits: int = 3) -> str:
-        return f"{v:.{digits}f}" if isinstance(v, int | float) else "-"
-
-    table.add_row("requests", str(b.counts["total"]), str(c.counts["total"]))
-    table.add_row("ok", str(b.counts["ok"]), str(c.counts["ok"]))
-    for k, rb, rc in (
-        ("error", b.rates.error, c.rates.error),
-        ("expired", b.rates.expired, c.rates.expired),
-        ("missing", b.rates.missing, c.rates.missing),
-    ):
-        table.add_row(f"{k} rate", num(rb), num(rc))
-    for k in ("hit@1", "hit@5", "mrr"):
-        table.add_row(k, num(b.retrieval.get(k)), num(c.retrieval.get(k)))
-    e2e_b, e2e_c = b.latency_ms.get("end_to_end_ms"), c.latency_ms.get("end_to_end_ms")
-    for p in ("p50", "p90", "p99"):
-        table.add_row(
-            f"end_to_end_ms {p}",
-            num(e2e_b.get(p) if e2e_b is not None else None, 1),
-            num(e2e_c.get(p) if e2e_c is not None else None, 1),
-        )
-    table.add_row("answer similarity mean", "", num(report.compare.answer_similarity.mean))
-    table.add_row("chunk Jaccard mean", "", num(report.compare.chunk_jaccard.mean))
-    console.print(table)
-    for g in report.gates:
-        mark = "[green]pass[/]" if g.passed else "[red]FAIL[/]"
-        console.print(f"{mark} {g.gate}: {g.reason}", highlight=False)
-    console.print(f"wrote {html_path} and {json_path}")
-    if not report.passed:
-        raise typer.Exit(code=1)
-
-
-dlq_app = typer.Typer(help="Inspect the dead-letter topic and send chosen messages back.", no_args_is_help=True)
+app.command()(replay)
+app.command()(shadow)
+app.command()(evaluate)
+app.add_typer(runs_app, name="runs")
 app.add_typer(dlq_app, name="dlq")
-
-
-def _dlq_filter(
-    stage: str | None, error_class: str | None, source_topic: str | None, positions: str | None
-) -> DlqFilter:
-    from workers.evaluation.dlq import DlqFilter, parse_positions
-
-    return DlqFilter(
-        stage=stage,
-        error_class=error_class,
-        source_topic=source_topic,
-        positions=parse_positions(positions) if positions else frozenset(),
-    )
-
-
-@dlq_app.command("list")
-def dlq_list(
-    stage: Annotated[str | None, typer.Option(help="Only this stage (retriever, generator, monitor).")] = None,
-    error_class: Annotated[str | None, typer.Option(help="Only this error class (e.g. bad_message).")] = None,
-    source_topic: Annotated[str | None, typer.Option(help="Only dead letters from this topic.")] = None,
-    limit: Annotated[int, typer.Option(help="Show at most this many (newest last).")] = 100,
-) -> None:
-    """List dead letters: position, source topic/partition/offset, stage, error class and message."""
-    from workers.evaluation.dlq import DeadLetterRecord, read_dead_letters
-
-    s = _settings()
-    select = _dlq_filter(stage, error_class, source_topic, None)
-    table = Table("dlq pos", "source", "stage", "error_class", "attempts", "request_id", "error")
-    shown = total = 0
-    for rec in read_dead_letters(s):
-        if not isinstance(rec, DeadLetterRecord):
-            p, o, reason = rec
-            table.add_row(f"{p}:{o}", "?", "?", "not_a_dead_letter", "", "", reason[:80])
-            continue
-        if not select(rec):
-            continue
-        total += 1
-        if shown < limit:
-            d = rec.letter
-            table.add_row(
-                f"{rec.partition}:{rec.offset}",
-                f"{d.source_topic}[{d.partition}]@{d.offset}",
-                d.stage,
-                d.error_class,
-                str(d.attempts),
-                str(d.request_id or ""),
-                d.error_message[:80],
-            )
-            shown += 1
-    console.print(table)
-    console.print(f"{total} dead letters matched, {shown} shown (topic {s.topics.name('dead_letter')})")
-
-
-@dlq_app.command("replay")
-def dlq_replay(
-    positions: Annotated[
-        str | None, typer.Option(help="Dead letters to send back, as PARTITION:OFFSET list, e.g. 0:12,1:3.")
-    ] = None,
-    stage: Annotated[str | None, typer.Option(help="Only this stage.")] = None,
-    error_class: Annotated[str | None, typer.Option(help="Only this error class.")] = None,
-    source_topic: Annotated[str | None, typer.Option(help="Only dead letters from this topic.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be sent; send nothing.")] = False,
-) -> None:
-    """Send chosen dead letters' original messages back to their source topics (raw bytes, key, headers)."""
-    from workers.evaluation.dlq import replay_dead_letters
-
-    if not any((positions, stage, error_class, source_topic)):
-        raise typer.BadParameter("choose what to replay: --positions, --stage, --error-class or --source-topic")
-    s = _settings()
-    report = replay_dead_letters(s, _dlq_filter(stage, error_class, source_topic, positions), dry_run=dry_run)
-    for topic, n in sorted(report.by_topic.items()):
-        console.print(f"{'would send' if dry_run else 'sent'} {n} to {topic}")
-    console.print(f"selected={report.selected} delivered={report.delivered} failed={report.failed}")
-    if report.failed:
-        raise typer.Exit(1)
-
-
-from workers.planning.command import plan as _plan_command  # noqa: E402  (registered last, after the other commands)
-
 app.command("plan")(_plan_command)
+
+
+def error_text(exc: RagError) -> str:
+    """``error (<class>): <message>``: the message's first line with its spaces collapsed, later lines (a list
+    of valid values) kept as they are, indented."""
+    first, *rest = str(exc).strip().split("\n") or [""]
+    text = f"error ({exc.error_class}): {' '.join(first.split())}"
+    return text + "".join(f"\n  {line}" for line in rest if line.strip())
 
 
 def main() -> None:
@@ -558,7 +283,7 @@ def main() -> None:
     try:
         app()
     except RagError as exc:
-        sys.stderr.write(f"error ({exc.error_class}): {' '.join(str(exc).split())}\n")
+        sys.stderr.write(error_text(exc) + "\n")
         sys.exit(2)
     except ValidationError as exc:
         first = exc.errors()[0]

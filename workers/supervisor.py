@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+#: The last line of a Python traceback: ``package.module.SomeError: message``.
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*:")
 
 WORKERS = ("retriever", "generator", "monitor")
 #: A line each worker logs once it is consuming (the loop's partition assignment, the monitor's start).
@@ -70,6 +74,22 @@ class WorkerProcess:
     def log_tail(self, lines: int = 15) -> str:
         """The last ``lines`` lines of the log."""
         return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def failure(self) -> str:
+        """Why the process exited, from its log: the last error line (the CLI's ``error (...)`` line, else the
+        last ``...Error: ...`` line of a traceback), else the end of the log."""
+        lines = [ln.strip() for ln in self.log_text().splitlines() if ln.strip()]
+        for ln in reversed(lines):
+            if ln.startswith("error ("):
+                return ln
+        for ln in reversed(lines):
+            if _ERROR_LINE.match(ln):
+                return ln
+        return "the end of its log:\n" + self.log_tail()
+
+    def exit_message(self, when: str = "") -> str:
+        """``<name> exited with <code><when>: <cause> (log <path>)``."""
+        return f"{self.name} exited with {self.proc.returncode}{when}: {self.failure()} (log {self.log_path})"
 
 
 @dataclass
@@ -135,7 +155,7 @@ class WorkerProcesses:
         """
         for wp in self.procs:
             if wp.proc.poll() is not None:
-                raise self.error(f"{wp.name} exited with {wp.proc.returncode}; log {wp.log_path}:\n{wp.log_tail()}")
+                raise self.error(wp.exit_message())
 
     def wait_ready(self, timeout_s: float = 120.0, stop: Any = None) -> None:
         """Wait until every worker logged its ready marker.
@@ -152,7 +172,7 @@ class WorkerProcesses:
         while waiting and not (stop is not None and stop.is_set()):
             for wp in list(waiting):
                 if wp.proc.poll() is not None:
-                    raise self.error(f"{wp.name} exited with {wp.proc.returncode}; log {wp.log_path}:\n{wp.log_tail()}")
+                    raise self.error(wp.exit_message(" before it was ready"))
                 if READY_MARKERS[wp.worker] in wp.log_text():
                     waiting.remove(wp)
             if waiting and time.monotonic() > deadline:

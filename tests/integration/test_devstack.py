@@ -77,6 +77,15 @@ def test_cli_status_exit_code(own_stack: Stack) -> None:
     out = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert out.returncode == 1, out.stderr
     assert f"RAG_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:{cfg.kafka_port}" in out.stdout
+    # --env: only the exports, for eval "$(python -m devstack status --env)"; what is down is said on stderr
+    out = subprocess.run([*args, "--env"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 1 and "not running: kafka, postgres" in out.stderr, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines and all(line.startswith("export RAG_") for line in lines), out.stdout
+    assert f"export RAG_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:{cfg.kafka_port}" in lines
+    shell = subprocess.run(["bash", "-c", f'eval "$({" ".join(args)} --env)"; echo "$RAG_DATABASE_URL"'], cwd=REPO_ROOT,
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert shell.stdout.strip() == f"postgresql://postgres@127.0.0.1:{cfg.pg_port}/ragstream", shell.stderr
 
 
 def test_shared_stack_kafka_roundtrip(stack: Stack, make_topics: Callable[..., list[str]], unique: str) -> None:

@@ -288,4 +288,4 @@ def test_cli_help_and_dry_run(env: Env, make_topics: Any) -> None:
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "produced=6 failed=0" in out.stdout
+    assert "produced=6 request_ids=6 failed=0" in out.stdout

@@ -9,6 +9,7 @@ and :mod:`workers.adapters.traces`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -135,3 +136,52 @@ def connect(url: str, timeout_s: float = 10.0, *, autocommit: bool = False) -> p
         psycopg.OperationalError: the database cannot be reached within ``timeout_s`` seconds.
     """
     return psycopg.connect(url, connect_timeout=max(1, int(timeout_s)), autocommit=autocommit)
+
+
+def table_sizes(url: str, prefixes: Sequence[str], timeout_s: float = 10.0) -> dict[str, int]:
+    """Tables of the current schema whose names start with one of ``prefixes``, with their size in bytes
+    (``pg_total_relation_size``: data, indexes and TOAST).
+
+    Raises:
+        ServiceUnavailableError: the database cannot be reached.
+    """
+    if not prefixes:
+        return {}
+    query = (
+        "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema() AND c.relname LIKE ANY(%s)"
+    )
+    patterns = [p.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%" for p in prefixes]
+    try:
+        with connect(url, timeout_s) as conn:
+            rows = conn.execute(query, (patterns,)).fetchall()
+    except psycopg.OperationalError as exc:
+        raise ServiceUnavailableError(
+            f"cannot connect to PostgreSQL at {describe_url(url)}: {first_line(exc)}"
+        ) from None
+    return {str(name): int(size) for name, size in rows}
+
+
+def drop_tables(url: str, tables: Sequence[str], timeout_s: float = 10.0) -> list[str]:
+    """Drop tables (``DROP TABLE IF EXISTS``) in one transaction; returns those that existed.
+
+    Raises:
+        ServiceUnavailableError: the database cannot be reached.
+    """
+    from psycopg import sql
+
+    existing = [t for t in tables if t in table_sizes(url, [t], timeout_s)]
+    if not existing:
+        return []
+    try:
+        with connect(url, timeout_s) as conn:
+            conn.execute(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(", ").join(sql.Identifier(t) for t in existing))
+            )
+    except psycopg.OperationalError as exc:
+        raise ServiceUnavailableError(
+            f"cannot connect to PostgreSQL at {describe_url(url)}: {first_line(exc)}"
+        ) from None
+    log.info("dropped tables %s", existing)
+    return existing

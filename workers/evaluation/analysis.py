@@ -4,8 +4,10 @@ Per run (:func:`run_section`), over the evaluation set: counts and rates by stat
 stage (ms, from ``Response.timings_ms``, over answers with status ``ok``); tokens per answer; with a labels
 file, hit@1, hit@5 and MRR of the sources; the distinct provenances of the answers. Between runs
 (:func:`compare_runs`), over the requests both answered ``ok``: answer similarity (cosine of the answers'
-embeddings, computed by the ``embed`` function passed in), and the Jaccard overlap of retrieved chunk ids and
-document ids. The results are parts of the typed report (:mod:`workers.evaluation.models`).
+embeddings, computed by the ``embed`` function passed in), and the overlap of retrieved chunk ids and document
+ids (the share of the smaller set found in the larger). ``processing_ms`` (end to end minus the queue waits)
+is the latency that compares a replayed run with a live one; queue stages do not
+(:func:`not_comparable_stages`). The results are parts of the typed report (:mod:`workers.evaluation.models`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,17 @@ from workers.evaluation.models import (
     TokenStats,
     TokenSummary,
 )
-from workers.evaluation.runs import Answer, RunData, SourceRef, normalize_query
+from workers.evaluation.runs import (
+    PROCESSING_STAGE,
+    QUEUE_STAGES,
+    Answer,
+    RunData,
+    SourceRef,
+    normalize_query,
+    with_processing,
+)
+
+__all__ = ["PROCESSING_STAGE", "QUEUE_STAGES"]
 
 #: Stages in pipeline order; other keys of ``timings_ms`` follow in name order.
 STAGE_ORDER = (
@@ -39,6 +51,7 @@ STAGE_ORDER = (
     "llm_ttft_ms",
     "llm_total_ms",
     "generator_ms",
+    PROCESSING_STAGE,
     "end_to_end_ms",
 )
 #: Statuses counted as errors (``expired`` and unanswered requests are counted apart).
@@ -118,12 +131,13 @@ def rates(counts: Mapping[str, int]) -> Rates:
 
 
 def latency_stats(answers: Iterable[Answer]) -> dict[str, Summary]:
-    """Per-stage latency summary (ms) over answers with status ``ok``, stages in pipeline order."""
+    """Per-stage latency summary (ms) over answers with status ``ok``, stages in pipeline order (``processing_ms``
+    included: :func:`workers.evaluation.runs.with_processing`)."""
     per: dict[str, list[float]] = {}
     for a in answers:
         if a.status != "ok":
             continue
-        for k, v in a.timings_ms.items():
+        for k, v in with_processing(a.timings_ms).items():
             if isinstance(v, int | float) and math.isfinite(v):
                 per.setdefault(k, []).append(float(v))
     return {k: summarize(per[k]) for k in ordered_stages(per)}
@@ -175,11 +189,16 @@ def retrieval_metrics(
         a = answers.get(rid)
         ranks.append(first_hit_rank(a.sources, relevant) if a is not None else None)
     n = len(ranks)
+    k_seen = max((len(answers[r].sources) for r in ids if r in answers), default=0) or None
     if n == 0:
-        return Retrieval(labelled=0)
+        return Retrieval(labelled=0, sources_k=k_seen)
     hits = {k: sum(1 for r in ranks if r is not None and r <= k) / n for k in HIT_KS}
     return Retrieval(
-        hit_at_1=hits[1], hit_at_5=hits[5], mrr=sum(1.0 / r for r in ranks if r is not None) / n, labelled=n
+        hit_at_1=hits[1],
+        hit_at_5=hits[5],
+        mrr=sum(1.0 / r for r in ranks if r is not None) / n,
+        labelled=n,
+        sources_k=k_seen,
     )
 
 
@@ -189,6 +208,21 @@ def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
     if not sa and not sb:
         return 1.0
     return len(sa & sb) / len(sa | sb)
+
+
+def overlap(a: Iterable[str], b: Iterable[str]) -> float:
+    """The share of the smaller set found in the larger: |A ∩ B| / min(|A|, |B|) (the overlap coefficient).
+
+    1.0 when both are empty, 0.0 when only one is. Unlike Jaccard it does not count the extra items of the
+    larger set against the smaller: the 3 sources of a k=3 run that are all among the 5 of a k=5 run give 1.0
+    (Jaccard: 0.6).
+    """
+    sa, sb = set(a), set(b)
+    if not sa and not sb:
+        return 1.0
+    if not sa or not sb:
+        return 0.0
+    return len(sa & sb) / min(len(sa), len(sb))
 
 
 def cosine(u: Sequence[float], v: Sequence[float]) -> float:
@@ -215,8 +249,8 @@ def compare_runs(
 
     Returns:
         The summary (``joined``, ``both_ok``, ``answer_similarity``, ``identical_answers``,
-        ``chunk_jaccard``, ``document_jaccard``, each overlap a :func:`summarize` summary) and per-request
-        values.
+        ``chunk_overlap``, ``document_overlap``, each a :func:`summarize` summary of :func:`overlap`) and
+        per-request values.
     """
     both = [rid for rid in ids if rid in base.answers and rid in cand.answers]
     both_ok = [rid for rid in both if base.answers[rid].status == "ok" and cand.answers[rid].status == "ok"]
@@ -225,8 +259,8 @@ def compare_runs(
     for rid in both_ok:
         a, b = base.answers[rid], cand.answers[rid]
         overlaps[rid] = (
-            jaccard((s.chunk_id for s in a.sources), (s.chunk_id for s in b.sources)),
-            jaccard((s.document_id for s in a.sources), (s.document_id for s in b.sources)),
+            overlap((s.chunk_id for s in a.sources), (s.chunk_id for s in b.sources)),
+            overlap((s.document_id for s in a.sources), (s.document_id for s in b.sources)),
         )
         identical += int((a.answer or "").strip() == (b.answer or "").strip())
     sims: dict[uuid.UUID, float] = {}
@@ -237,14 +271,14 @@ def compare_runs(
     summary = Compare(
         joined=len(both),
         both_ok=len(both_ok),
-        chunk_jaccard=summarize([cj for cj, _ in overlaps.values()]),
-        document_jaccard=summarize([dj for _, dj in overlaps.values()]),
+        chunk_overlap=summarize([co for co, _ in overlaps.values()]),
+        document_overlap=summarize([do for _, do in overlaps.values()]),
         identical_answers=identical / len(both_ok) if both_ok else 0.0,
         answer_similarity=summarize(list(sims.values())) if sims else Summary(n=0),
     )
     per = {
-        rid: PairScores(chunk_jaccard=cj, document_jaccard=dj, answer_similarity=sims.get(rid))
-        for rid, (cj, dj) in overlaps.items()
+        rid: PairScores(chunk_overlap=co, document_overlap=do, answer_similarity=sims.get(rid))
+        for rid, (co, do) in overlaps.items()
     }
     return summary, per
 
@@ -275,6 +309,7 @@ def run_section(run: RunData, ids: Sequence[uuid.UUID], labels: Mapping[str, fro
         label=run.label,
         source=run.source,
         replay_runs=run_ids,
+        replayed=sum(1 for r in ids if r in run.replayed),
         counts=counts,
         duplicates=run.duplicates,
         undecodable=run.undecodable,
@@ -284,3 +319,12 @@ def run_section(run: RunData, ids: Sequence[uuid.UUID], labels: Mapping[str, fro
         retrieval=retrieval_metrics(ids, run.queries, run.answers, labels) if labels else Retrieval(labelled=0),
         provenance=provenance_summary(answers),
     )
+
+
+def not_comparable_stages(base: RunData, cand: RunData, stages: Iterable[str]) -> list[str]:
+    """The latency stages of ``stages`` that include queue time (:data:`QUEUE_STAGES`) when either run read
+    replayed requests: how and when a replay delivered them (a burst, before the shadow workers were up)
+    shows there, not the change under evaluation. Empty when neither run was replayed."""
+    if not base.replayed and not cand.replayed:
+        return []
+    return [s for s in ordered_stages(stages) if s in QUEUE_STAGES]

@@ -1,14 +1,19 @@
-"""The dead-letter topic for operators: list what failed and why, send chosen messages back to their source.
+"""The dead-letter topic for operators: list what failed and why, show one with its raw payload, send chosen
+messages back to their source.
 
-Both read the dead-letter topic with ``assign()`` up to the high watermark taken at the start (no consumer
+All read the dead-letter topic with ``assign()`` up to the high watermark taken at the start (no consumer
 group, nothing committed), so they never disturb the workers. ``replay`` produces each chosen message's raw
-value, key and original headers (plus ``dlq_replayed_from`` = dead-letter partition/offset) to its source
-topic with an idempotent producer and waits for every delivery report.
+value, key and original headers to its source topic with an idempotent producer and waits for every delivery
+report. It adds ``dlq_replayed_from`` (dead-letter partition/offset), ``dlq_attempts`` (the attempts so far)
+and ``dlq_first_failure_at``: when the message fails again, its new dead letter counts on from there
+(:func:`workers.stream.records.dead_letter_of`). Positions (``--positions 0:12``) that hold no dead letter
+are an error, not an empty selection.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -69,7 +74,43 @@ def parse_positions(spec: str) -> frozenset[tuple[int, int]]:
             out.add((int(p), int(o)))
         except ValueError:
             raise ConfigError(f"bad dead-letter position {part!r}: expected PARTITION:OFFSET") from None
+    if not out:
+        raise ConfigError(f"no dead-letter position in {spec!r}: expected PARTITION:OFFSET, e.g. 0:12,1:3")
     return frozenset(out)
+
+
+def check_positions(wanted: frozenset[tuple[int, int]], present: set[tuple[int, int]], topic: str) -> None:
+    """Raise when a requested position holds no dead letter (a typo must not select nothing silently).
+
+    Raises:
+        ConfigError: names the missing positions and what the topic holds.
+    """
+    missing = sorted(wanted - present)
+    if not missing:
+        return
+    held: dict[int, list[int]] = {}
+    for p, o in present:
+        held.setdefault(p, []).append(o)
+    spans = ", ".join(f"{p}:{min(os)}-{max(os)}" for p, os in sorted(held.items())) or "nothing"
+    raise ConfigError(
+        f"no dead letter at {', '.join(f'{p}:{o}' for p, o in missing)} in {topic} (it holds {spans}; "
+        "`ragstream dlq list` shows them)"
+    )
+
+
+def payload_text(letter: DeadLetter, limit: int = 100_000) -> str:
+    """The dead letter's original message as text: indented JSON when it is JSON, the UTF-8 text otherwise,
+    else a Python bytes literal; cut at ``limit`` characters."""
+    raw = base64.b64decode(letter.value_b64)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(raw)[:limit]
+    try:
+        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        pass
+    return text[:limit]
 
 
 def read_dead_letters(
@@ -135,10 +176,16 @@ def replay_dead_letters(
         Counts of selected, delivered and failed messages, per source topic.
 
     Raises:
-        ServiceUnavailableError, ConfigError: see :func:`read_dead_letters`.
+        ServiceUnavailableError, ConfigError: see :func:`read_dead_letters`; ConfigError also when a position
+            of a :class:`DlqFilter` holds no dead letter (:func:`check_positions`).
     """
     report = DlqReplayReport()
-    chosen = [r for r in read_dead_letters(settings) if isinstance(r, DeadLetterRecord) and select(r)]
+    letters = [r for r in read_dead_letters(settings) if isinstance(r, DeadLetterRecord)]
+    if isinstance(select, DlqFilter) and select.positions:
+        check_positions(
+            select.positions, {(r.partition, r.offset) for r in letters}, settings.topics.name("dead_letter")
+        )
+    chosen = [r for r in letters if select(r)]
     truncated = [r for r in chosen if r.letter.value_truncated]
     if truncated:
         log.warning("skipping %d dead letters whose value was truncated (not replayable)", len(truncated))
@@ -162,6 +209,8 @@ def replay_dead_letters(
             d = r.letter
             headers = dict(d.headers)
             headers["dlq_replayed_from"] = f"{settings.topics.name('dead_letter')}/{r.partition}/{r.offset}"
+            headers["dlq_attempts"] = str(d.attempts)
+            headers["dlq_first_failure_at"] = d.first_failure_at.isoformat()
             key = base64.b64decode(d.key) if d.key is not None else None
             producer.produce(d.source_topic, base64.b64decode(d.value_b64), key, headers, on_delivery)
             report.by_topic[d.source_topic] = report.by_topic.get(d.source_topic, 0) + 1

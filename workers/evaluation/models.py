@@ -109,12 +109,15 @@ class Retrieval(ReportPart):
         hit_at_5: fraction with a relevant source in the first 5 (JSON ``hit@5``).
         mrr: mean reciprocal rank of the first relevant source (0 for none).
         labelled: requests matched to a labelled question.
+        sources_k: most sources any answer of the run had (its retrieval k); when it is smaller than 5,
+            hit@5 is in fact hit@k (left out when no answer had sources).
     """
 
     hit_at_1: float | None = Field(None, alias="hit@1", exclude_if=_is_none)
     hit_at_5: float | None = Field(None, alias="hit@5", exclude_if=_is_none)
     mrr: float | None = Field(None, exclude_if=_is_none)
     labelled: int
+    sources_k: int | None = Field(None, exclude_if=_is_none)
 
     def get(self, key: str) -> float | None:
         """The metric under its JSON key (``hit@1``, ``hit@5``, ``mrr``, ``labelled``), ``None`` when unknown."""
@@ -144,6 +147,7 @@ class RunSection(ReportPart):
         label: ``baseline`` or ``candidate``.
         source: where the run was read (``topics:rag.eval.r1.``, ``table:rag_traces``).
         replay_runs: replay run ids in the answers' provenance.
+        replayed: requests of the evaluation set this run read as replayed records (header ``replay_run``).
         counts: requests by status (``missing`` = no answer), plus ``total``.
         duplicates: answers seen again for an already answered request id.
         undecodable: records that were not valid messages.
@@ -157,6 +161,7 @@ class RunSection(ReportPart):
     label: str
     source: str
     replay_runs: list[str]
+    replayed: int = 0
     counts: dict[str, int]
     duplicates: int
     undecodable: int
@@ -173,16 +178,17 @@ class Compare(ReportPart):
     Attributes:
         joined: requests both runs answered.
         both_ok: requests both runs answered ``ok``.
-        chunk_jaccard: Jaccard overlap of the retrieved chunk ids.
-        document_jaccard: Jaccard overlap of the retrieved document ids.
+        chunk_overlap: overlap of the retrieved chunk ids: the share of the smaller set found in the larger
+            (|A ∩ B| / min(|A|, |B|); k=3 sources all among the k=5 of the other run give 1.0).
+        document_overlap: the same for the retrieved document ids.
         identical_answers: fraction of identical answer texts (whitespace stripped).
         answer_similarity: cosine of the answers' embeddings (``{"n": 0}`` when skipped).
     """
 
     joined: int
     both_ok: int
-    chunk_jaccard: Summary
-    document_jaccard: Summary
+    chunk_overlap: Summary
+    document_overlap: Summary
     identical_answers: float
     answer_similarity: Summary
 
@@ -191,13 +197,13 @@ class PairScores(ReportPart):
     """Between-runs values of one request both runs answered ``ok``.
 
     Attributes:
-        chunk_jaccard: Jaccard overlap of the retrieved chunk ids.
-        document_jaccard: Jaccard overlap of the retrieved document ids.
+        chunk_overlap: share of the smaller set of retrieved chunk ids found in the larger.
+        document_overlap: the same for the retrieved document ids.
         answer_similarity: cosine of the answers' embeddings (``None`` when skipped).
     """
 
-    chunk_jaccard: float
-    document_jaccard: float
+    chunk_overlap: float
+    document_overlap: float
     answer_similarity: float | None = None
 
 
@@ -212,6 +218,7 @@ class GateResult(ReportPart):
         limit: the value the candidate was held to, ``None`` when the metric was unknown.
         passed: whether the gate holds.
         reason: why, in words.
+        note: a caveat (a latency that includes queue time of replayed traffic), left out when none.
     """
 
     gate: str
@@ -221,6 +228,21 @@ class GateResult(ReportPart):
     limit: float | None
     passed: bool
     reason: str
+    note: str | None = Field(None, exclude_if=_is_none)
+
+
+class SourceRow(ReportPart):
+    """A retrieved passage of an answer.
+
+    Attributes:
+        document_id: the document.
+        chunk_id: the chunk.
+        score: cosine similarity of the chunk to the query.
+    """
+
+    document_id: str
+    chunk_id: str
+    score: float
 
 
 class RunAnswer(ReportPart):
@@ -228,17 +250,28 @@ class RunAnswer(ReportPart):
 
     Attributes:
         status: the answer's status, ``missing`` when there is none.
+        answer: the answer text (``None`` unless ``ok``).
+        error_class: the error class of a failed request.
         end_to_end_ms: end-to-end latency (ms), re-based for replayed requests.
-        documents: document ids of the sources in rank order.
+        processing_ms: time spent in the stages, queues excluded (ms).
+        sources: the retrieved passages in rank order.
         first_hit_rank: 1-based rank of the first relevant source (labelled requests only).
         completion_tokens: generated tokens.
     """
 
     status: str
+    answer: str | None = None
+    error_class: str | None = Field(None, exclude_if=_is_none)
     end_to_end_ms: float | None
-    documents: list[str]
+    processing_ms: float | None = None
+    sources: list[SourceRow]
     first_hit_rank: int | None
     completion_tokens: int
+
+    @property
+    def documents(self) -> list[str]:
+        """Document ids of the sources in rank order."""
+        return [s.document_id for s in self.sources]
 
 
 class RequestRow(ReportPart):
@@ -249,8 +282,11 @@ class RequestRow(ReportPart):
         query: its query text, ``None`` when no run saw the request.
         baseline: the baseline's answer.
         candidate: the candidate's answer.
-        chunk_jaccard: see :class:`PairScores` (left out unless both answered ``ok``).
-        document_jaccard: see :class:`PairScores`.
+        relevant: the labelled relevant document ids (empty when the question is not labelled).
+        changed: what differs between the runs: ``status`` and/or ``hit`` (a relevant source found in one run
+            and not in the other); such requests come first in the report.
+        chunk_overlap: see :class:`PairScores` (left out unless both answered ``ok``).
+        document_overlap: see :class:`PairScores`.
         answer_similarity: see :class:`PairScores` (left out when skipped).
     """
 
@@ -258,8 +294,10 @@ class RequestRow(ReportPart):
     query: str | None
     baseline: RunAnswer
     candidate: RunAnswer
-    chunk_jaccard: float | None = Field(None, exclude_if=_is_none)
-    document_jaccard: float | None = Field(None, exclude_if=_is_none)
+    relevant: list[str] = Field(default_factory=list)
+    changed: list[str] = Field(default_factory=list)
+    chunk_overlap: float | None = Field(None, exclude_if=_is_none)
+    document_overlap: float | None = Field(None, exclude_if=_is_none)
     answer_similarity: float | None = Field(None, exclude_if=_is_none)
 
 
@@ -276,7 +314,9 @@ class Report(ReportPart):
         compare: between-runs metrics.
         gates: one result per gate, in the order given.
         passed: whether every gate holds (true without gates).
-        requests: one row per request of the evaluation set.
+        latency_not_comparable: latency stages whose values include the time replayed requests waited in
+            the shadow topics (queue and end-to-end times); the other stages compare processing time.
+        requests: one row per request of the evaluation set, those whose status or hit changed first.
     """
 
     schema_id: str = Field(REPORT_SCHEMA, alias="schema")
@@ -288,6 +328,7 @@ class Report(ReportPart):
     compare: Compare
     gates: list[GateResult]
     passed: bool
+    latency_not_comparable: list[str] = Field(default_factory=list)
     requests: list[RequestRow]
 
     @field_serializer("generated_at")

@@ -20,6 +20,11 @@ Semantics:
   The shadow record gets a new timestamp (now), so shadow retention counts from the replay.
 * **Nothing dropped.** An idempotent producer; a full local queue (``BufferError``) is waited out by serving
   delivery reports; every delivery failure is counted in the report (the CLI then exits non-zero).
+* **Paced when asked.** By default records are produced as fast as they are read (a burst); ``Pace(per_s=N)``
+  produces N records per second, ``Pace(original=True)`` reads the range first and produces it with the spacing
+  of the records' own timestamps (:class:`workers.evaluation.replay_plan.Pace`).
+* **Recorded.** A replay into a run appends an entry to the run's log (:mod:`workers.evaluation.runlog`): records
+  delivered, distinct request ids, source, pace. ``ragstream shadow`` reads it to know what to answer.
 
 Selection (all optional, combined by intersection): ``from_offset`` (every partition), ``offsets`` (per
 partition, ``"0:5-9,1:0-"``), ``since``/``until`` (record timestamps, resolved with ``offsets_for_times``
@@ -48,9 +53,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from workers.contracts.errors import ConfigError, RetryableError
 from workers.contracts.topics import TopicsFile, TopicSpec, load_topics
+from workers.evaluation import runlog
 from workers.evaluation.replay_plan import (
     DEFAULT_PREFIX,
     REPLAY_HEADERS,
+    Pace,
     PartitionRange,
     PartitionReport,
     ReplayPlan,
@@ -82,6 +89,7 @@ def replay(
     progress: bool = False,
     producer_overrides: Mapping[str, Any] | None = None,
     stall_timeout_s: float = 60.0,
+    pace: Pace = Pace(),
 ) -> ReplayReport:
     """Replay the planned range of a topic into its shadow topic.
 
@@ -97,6 +105,7 @@ def replay(
         progress: show a progress bar on stderr.
         producer_overrides: extra librdkafka producer properties (e.g. ``queue.buffering.max.messages``).
         stall_timeout_s: seconds without any progress (no record read, no delivery report) before giving up.
+        pace: how fast to produce (:class:`Pace`: a burst by default, N records/s, or the original spacing).
 
     Returns:
         A :class:`ReplayReport`; check ``report.ok`` / ``report.failed`` for delivery failures.
@@ -127,6 +136,7 @@ def replay(
             target_topic=target,
             dry_run=dry_run,
             partitions=[PartitionReport(r.partition, r.start, r.end) for r in ranges.values()],
+            pace=str(pace),
         )
         log.info(
             "replay plan source=%s target=%s partitions=%d in_range=%d dry_run=%s",
@@ -141,13 +151,26 @@ def replay(
             return report
         report.topics_created = _ensure_shadow_topics(settings, source, target, pfx, topics_file)
         producer = KafkaProducer(settings.kafka, max_wait_s=stall_timeout_s, overrides=producer_overrides)
-        _Copier(consumer, producer, plan, report, run or "", stall_timeout_s).run(progress)
+        _Copier(consumer, producer, plan, report, run or "", stall_timeout_s, pace).run(progress)
     except KafkaException as exc:
         err = exc.args[0] if exc.args else exc
         raise RetryableError(f"replay of {source!r} failed: {err.str() if hasattr(err, 'str') else err}") from exc
     finally:
         consumer.close()
     report.seconds = time.monotonic() - t0
+    if run is not None:  # the shadow run learns from its log how many requests to answer
+        runlog.append(
+            settings.kafka,
+            pfx,
+            runlog.RunLogEntry(
+                kind="replay",
+                run=run,
+                source_topic=source,
+                produced=report.produced,
+                request_ids=report.request_ids,
+                pace=report.pace,
+            ),
+        )
     log.info(
         "replay done run=%s target=%s read=%d selected=%d produced=%d failed=%d seconds=%.2f",
         report.run,
@@ -248,6 +271,7 @@ class _Copier:
         report: ReplayReport,
         run: str,
         stall_timeout_s: float,
+        pace: Pace = Pace(),
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -262,6 +286,11 @@ class _Copier:
         self.since_ms = to_epoch_ms(plan.since) if plan.since is not None else None
         self.until_ms = to_epoch_ms(plan.until) if plan.until is not None else None
         self._logged_failures = 0
+        self.pace = pace
+        self.delivered_ids: set[uuid.UUID] = set()
+        self.held: list[tuple[int, int, int, Message, PartitionReport]] = []  # original pace: read first
+        self.sent = 0
+        self.pace_start: float | None = None
 
     def run(self, progress: bool) -> None:
         from rich.console import Console
@@ -287,15 +316,35 @@ class _Copier:
                     self.last_progress = time.monotonic()
                 for msg in msgs:
                     self._handle(msg)
-                bar.update(task, completed=self._offsets_done())
+                if not self.pace.original:
+                    bar.update(task, completed=self._offsets_done())
                 self.producer.poll(0)
                 self._check_stall()
             self.consumer.unassign()
+            if self.held:  # original spacing: produce what was read on the records' own schedule
+                self.held.sort(key=lambda h: h[:3])
+                first_ts = self.held[0][0]
+                bar.update(task, total=len(self.held), completed=0)
+                for i, (ts, _p, _o, msg, rng) in enumerate(self.held):
+                    self._wait_turn(i, ts, first_ts)
+                    self._produce(msg, rng)
+                    bar.update(task, completed=i + 1)
+                self.held.clear()
             self._flush()
             bar.update(task, completed=self.report.in_range)
         self.report.missing_request_ids = (
             sorted(self.plan.request_ids - self.found, key=str) if self.plan.request_ids is not None else []
         )
+        self.report.request_ids = len(self.delivered_ids)
+
+    def _wait_turn(self, index: int, ts_ms: int | None, first_ts_ms: int | None) -> None:
+        """Wait (serving delivery reports) until the ``index``-th record is due under the pace."""
+        if self.pace_start is None:
+            self.pace_start = time.monotonic()
+        due = self.pace_start + self.pace.delay_s(index, ts_ms, first_ts_ms)
+        while (left := due - time.monotonic()) > 0:
+            self.producer.poll(min(left, 0.1))
+        self.last_progress = time.monotonic()  # waiting for a record's turn is not a stall
 
     def _offsets_done(self) -> int:
         """Offsets covered so far (finished partitions count whole), for the progress bar."""
@@ -325,7 +374,14 @@ class _Copier:
         rng.read += 1
         if self._selected(msg):
             rng.selected += 1
-            self._produce(msg, rng)
+            if self.pace.original:
+                ts_type, ts = msg.timestamp()
+                self.held.append((ts if ts_type else 0, msg.partition() or 0, offset, msg, rng))
+            else:
+                if self.pace.per_s is not None:
+                    self._wait_turn(self.sent, None, None)
+                self.sent += 1
+                self._produce(msg, rng)
         if offset >= rng.end - 1:
             self._done(rng)
 
@@ -359,10 +415,14 @@ class _Copier:
         if ts_type:
             headers.append(("replay_source_timestamp", str(ts)))
 
+        rid = _request_id_of(msg)
+
         def on_delivery(err: KafkaError | None, out: Message) -> None:
             self.last_progress = time.monotonic()
             if err is None:
                 rng.produced += 1
+                if rid is not None:
+                    self.delivered_ids.add(rid)
                 return
             rng.failed += 1
             if self._logged_failures < 10:

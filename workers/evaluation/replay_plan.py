@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from workers.contracts.errors import ConfigError
@@ -117,8 +117,17 @@ def parse_offsets(spec: str) -> dict[int, OffsetRange]:
     return out
 
 
-def parse_time(text: str) -> datetime:
-    """Parse a replay time: ISO 8601 with a timezone (``2026-11-30T10:00:00Z``) or epoch milliseconds.
+_AGO_RE = re.compile(r"^(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>s|m|min|h|d)$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """Parse a replay time: ISO 8601 with a timezone (``2026-11-30T10:00:00Z``), epoch milliseconds, or a
+    duration back from now (``90s``, ``30m``, ``2h``, ``1d``: ``--since 1h`` is the last hour).
+
+    Args:
+        text: the time as the user wrote it.
+        now: the present for durations (default: the clock).
 
     Raises:
         ConfigError: not a time, or an ISO time without a timezone.
@@ -126,10 +135,15 @@ def parse_time(text: str) -> datetime:
     t = text.strip()
     if t.isdigit():
         return datetime.fromtimestamp(int(t) / 1000.0, UTC)
+    ago = _AGO_RE.match(t)
+    if ago is not None:
+        return (now or datetime.now(UTC)) - timedelta(seconds=float(ago["n"]) * _UNIT_S[ago["unit"]])
     try:
         dt = datetime.fromisoformat(t)
     except ValueError:
-        raise ConfigError(f"bad time {text!r} (expected ISO 8601 such as 2026-11-30T10:00:00Z)") from None
+        raise ConfigError(
+            f"bad time {text!r} (expected ISO 8601 such as 2026-11-30T10:00:00Z, epoch ms, or a duration such as 1h)"
+        ) from None
     if dt.tzinfo is None:
         raise ConfigError(f"time {text!r} has no timezone; add 'Z' for UTC or an offset like +01:00")
     return dt
@@ -153,6 +167,50 @@ def parse_request_ids(text: str) -> frozenset[uuid.UUID]:
     if not ids:
         raise ConfigError("no request ids given")
     return frozenset(ids)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast a replay produces: as fast as it reads (a burst), ``per_s`` records per second, or with the
+    spacing the records originally had (their Kafka timestamps; the range is read first, then produced on
+    that schedule)."""
+
+    per_s: float | None = None
+    original: bool = False
+
+    def __str__(self) -> str:
+        if self.original:
+            return "original"
+        return f"{self.per_s:g}/s" if self.per_s is not None else "burst"
+
+    def delay_s(self, index: int, ts_ms: int | None, first_ts_ms: int | None) -> float:
+        """Seconds after the start at which the ``index``-th record (0-based) is due; 0 for a burst."""
+        if self.original:
+            return 0.0 if ts_ms is None or first_ts_ms is None else max(0.0, (ts_ms - first_ts_ms) / 1000.0)
+        if self.per_s is not None:
+            return index / self.per_s
+        return 0.0
+
+
+def parse_pace(text: str | None) -> Pace:
+    """Parse ``--rate``: ``None``/``burst`` (as fast as possible), ``original`` (the original spacing) or
+    records per second (``5``, ``0.5``, ``20/s``).
+
+    Raises:
+        ConfigError: anything else, or a rate that is not positive.
+    """
+    if text is None or text.strip() in ("", "burst"):
+        return Pace()
+    t = text.strip().lower()
+    if t == "original":
+        return Pace(original=True)
+    try:
+        per_s = float(t.removesuffix("/s"))
+    except ValueError:
+        raise ConfigError(f"bad --rate {text!r}: records per second (e.g. 5), 'original' or 'burst'") from None
+    if not per_s > 0 or per_s == float("inf"):
+        raise ConfigError(f"bad --rate {text!r}: the rate must be a positive number of records per second")
+    return Pace(per_s=per_s)
 
 
 def load_request_ids(arg: str) -> frozenset[uuid.UUID]:
@@ -356,6 +414,8 @@ class ReplayReport:
         seconds: wall time of the replay (s).
         missing_request_ids: requested ids not found in the range (request-id selection only).
         topics_created: shadow topics created by this replay.
+        request_ids: distinct request ids among the delivered records.
+        pace: how fast it produced (``burst``, ``original``, ``N/s``).
         queue_full_waits: times the producer's local queue was full and the replay waited for delivery
             reports (records are never dropped for it).
     """
@@ -368,6 +428,8 @@ class ReplayReport:
     seconds: float = 0.0
     missing_request_ids: list[uuid.UUID] = field(default_factory=list)
     topics_created: list[str] = field(default_factory=list)
+    request_ids: int = 0
+    pace: str = "burst"
     queue_full_waits: int = 0
 
     @property

@@ -3,8 +3,9 @@
 The requests compared are those of the *candidate* run (the replayed ones); the baseline's answers to the
 same request ids are joined to them (:func:`workers.evaluation.runs.evaluation_ids`). The report
 (:class:`workers.evaluation.models.Report`) holds both runs' sections and the between-runs metrics
-(:mod:`workers.evaluation.analysis`), one row per request, and the gates' results
-(:mod:`workers.evaluation.gates`); ``passed`` is false when a gate fails.
+(:mod:`workers.evaluation.analysis`), one row per request (both answers side by side; the requests whose status
+or hit changed first), and the gates' results (:mod:`workers.evaluation.gates`); ``passed`` is false when a
+gate fails.
 """
 
 from __future__ import annotations
@@ -15,24 +16,46 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from workers.contracts.errors import ConfigError
-from workers.evaluation.analysis import MISSING, Embed, compare_runs, first_hit_rank, run_section
+from workers.evaluation.analysis import (
+    MISSING,
+    PROCESSING_STAGE,
+    Embed,
+    compare_runs,
+    first_hit_rank,
+    not_comparable_stages,
+    run_section,
+)
 from workers.evaluation.gates import Gate, check_gate
-from workers.evaluation.models import Report, RequestRow, RunAnswer
+from workers.evaluation.models import Report, RequestRow, RunAnswer, SourceRow
 from workers.evaluation.render import render_html
-from workers.evaluation.runs import Answer, RunData, evaluation_ids, normalize_query
+from workers.evaluation.runs import Answer, RunData, evaluation_ids, normalize_query, with_processing
 
 
 def _run_answer(a: Answer | None, relevant: frozenset[str] | None) -> RunAnswer:
     """One run's answer as a report row (``missing`` when the run has none)."""
     if a is None:
-        return RunAnswer(status=MISSING, end_to_end_ms=None, documents=[], first_hit_rank=None, completion_tokens=0)
+        return RunAnswer(status=MISSING, end_to_end_ms=None, sources=[], first_hit_rank=None, completion_tokens=0)
     return RunAnswer(
         status=a.status,
+        answer=a.answer,
+        error_class=a.error_class,
         end_to_end_ms=a.timings_ms.get("end_to_end_ms"),
-        documents=[s.document_id for s in a.sources],
+        processing_ms=with_processing(a.timings_ms).get(PROCESSING_STAGE),
+        sources=[SourceRow(document_id=s.document_id, chunk_id=s.chunk_id, score=s.score) for s in a.sources],
         first_hit_rank=first_hit_rank(a.sources, relevant) if relevant else None,
         completion_tokens=a.completion_tokens,
     )
+
+
+def changes(base: RunAnswer, cand: RunAnswer, labelled: bool) -> list[str]:
+    """What differs between two runs' answers to one request: ``status``, and ``hit`` when the question is
+    labelled and a relevant source was found in one run but not in the other."""
+    out = []
+    if base.status != cand.status:
+        out.append("status")
+    if labelled and (base.first_hit_rank is None) != (cand.first_hit_rank is None):
+        out.append("hit")
+    return out
 
 
 def build_report(
@@ -58,23 +81,28 @@ def build_report(
     baseline = run_section(base, ids, labels)
     candidate = run_section(cand, ids, labels)
     compare, per = compare_runs(ids, base, cand, embed)
-    results = [check_gate(g, baseline, candidate, compare) for g in gates]
+    apart = not_comparable_stages(base, cand, set(baseline.latency_ms) | set(candidate.latency_ms))
+    results = [check_gate(g, baseline, candidate, compare, apart) for g in gates]
     queries = {**base.queries, **cand.queries}
     requests = []
     for rid in ids:
         relevant = labels.get(normalize_query(queries.get(rid) or "")) if labels else None
         scores = per.get(rid)  # only for requests both runs answered ok
+        b, c = _run_answer(base.answers.get(rid), relevant), _run_answer(cand.answers.get(rid), relevant)
         requests.append(
             RequestRow(
                 request_id=str(rid),
                 query=queries.get(rid),
-                baseline=_run_answer(base.answers.get(rid), relevant),
-                candidate=_run_answer(cand.answers.get(rid), relevant),
-                chunk_jaccard=scores.chunk_jaccard if scores else None,
-                document_jaccard=scores.document_jaccard if scores else None,
+                baseline=b,
+                candidate=c,
+                relevant=sorted(relevant or ()),
+                changed=changes(b, c, relevant is not None),
+                chunk_overlap=scores.chunk_overlap if scores else None,
+                document_overlap=scores.document_overlap if scores else None,
                 answer_similarity=scores.answer_similarity if scores else None,
             )
         )
+    requests.sort(key=lambda r: 0 if r.changed else 1)  # stable: changed first, then in query order
     return Report(
         generated_at=datetime.now(UTC),
         labels=labels_path,
@@ -84,6 +112,7 @@ def build_report(
         compare=compare,
         gates=results,
         passed=all(r.passed for r in results),
+        latency_not_comparable=apart,
         requests=requests,
     )
 

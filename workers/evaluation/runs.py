@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 
 #: Stages timed from ``Request.created_at``: re-based for replayed requests (see the module docstring).
 REBASED_STAGES = ("retriever_queue_ms", "end_to_end_ms")
+#: Stages that include time spent waiting in a topic: how a replay delivered its requests (a burst, before
+#: the shadow workers were up) shows in them, so they are not comparable between a replayed and a live run.
+QUEUE_STAGES = ("retriever_queue_ms", "generator_queue_ms", "end_to_end_ms")
+#: Derived stage: end to end minus the queue waits, i.e. the time the stages worked on the request (ms).
+PROCESSING_STAGE = "processing_ms"
 
 _TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -96,25 +101,34 @@ class RunData:
         answers: request id → first answer seen.
         duplicates: answers seen again for an already answered request id (redeliveries).
         undecodable: records that were not valid messages (skipped).
+        replayed: request ids whose request record was a replayed one (header ``replay_run``).
     """
 
     label: str
     source: str
     queries: dict[uuid.UUID, str] = field(default_factory=dict)
     answers: dict[uuid.UUID, Answer] = field(default_factory=dict)
+    replayed: set[uuid.UUID] = field(default_factory=set)
     duplicates: int = 0
     undecodable: int = 0
 
 
 @dataclass(frozen=True)
 class RunSource:
-    """Where a run is read from: topics under a prefix (``kind="topics"``) or a trace table (``"table"``)."""
+    """Where a run is read from: topics under a prefix (``kind="topics"``) or a trace table (``"table"``).
+
+    Attributes:
+        kind: ``topics`` or ``table``.
+        name: the topic prefix or the table name.
+        label: how the report names it (``live``, ``run:k3``); default ``kind:name``.
+    """
 
     kind: str
     name: str
+    label: str = field(default="", compare=False)
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.name}"
+        return self.label or f"{self.kind}:{self.name}"
 
 
 def parse_source(spec: str, live_prefix: str = "", shadow_template: str = "rag.eval.{run}.") -> RunSource:
@@ -130,18 +144,18 @@ def parse_source(spec: str, live_prefix: str = "", shadow_template: str = "rag.e
     """
     s = spec.strip()
     if s == "live":
-        return RunSource("topics", live_prefix)
+        return RunSource("topics", live_prefix, "live")
     kind, sep, name = s.partition(":")
     if not sep:
         raise ConfigError(f"bad run source {spec!r}: use live, run:NAME, topics:PREFIX or table:NAME")
     if kind == "run":
         if not name or not re.match(r"^[A-Za-z0-9._-]+$", name):
             raise ConfigError(f"bad run name {name!r}: use letters, digits, '.', '_' and '-'")
-        return RunSource("topics", shadow_template.replace("{run}", name))
+        return RunSource("topics", shadow_template.replace("{run}", name), f"run:{name}")
     if kind == "topics":
         if name and not re.match(r"^[A-Za-z0-9._-]+$", name):
             raise ConfigError(f"bad topic prefix {name!r}")
-        return RunSource("topics", name)
+        return RunSource("topics", name, "live" if name == live_prefix else "")
     if kind == "table":
         if not _TABLE_RE.match(name):
             raise ConfigError(f"bad trace table name {name!r}: use letters, digits and '_'")
@@ -192,6 +206,20 @@ def evaluation_ids(base: RunData, cand: RunData) -> list[uuid.UUID]:
     return sorted(ids, key=lambda r: (queries.get(r, ""), str(r)))
 
 
+def with_processing(timings_ms: Mapping[str, float]) -> dict[str, float]:
+    """``timings_ms`` plus :data:`PROCESSING_STAGE`: end to end minus the queue waits (ms, at least 0).
+
+    Computed from the times as the pipeline wrote them (before any re-basing), so it is the same for a
+    replayed request however long it waited; absent when the answer has no ``end_to_end_ms``.
+    """
+    out = dict(timings_ms)
+    e2e = out.get("end_to_end_ms")
+    if e2e is not None and PROCESSING_STAGE not in out:
+        waits = sum(float(out.get(k, 0.0)) for k in QUEUE_STAGES if k != "end_to_end_ms")
+        out[PROCESSING_STAGE] = max(0.0, float(e2e) - waits)
+    return out
+
+
 def rebase_timings(timings_ms: Mapping[str, float], shift_ms: float) -> dict[str, float]:
     """Subtract ``shift_ms`` from the stages timed from ``Request.created_at`` (clamped at 0 ms).
 
@@ -227,8 +255,10 @@ def run_from_records(
             run.undecodable += 1
             continue
         run.queries.setdefault(req.request_id, req.query)
-        if rec.headers.get("replay_run") and rec.timestamp_ms is not None:
-            shift[req.request_id] = rec.timestamp_ms - req.created_at.timestamp() * 1000.0
+        if rec.headers.get("replay_run"):
+            run.replayed.add(req.request_id)
+            if rec.timestamp_ms is not None:
+                shift[req.request_id] = rec.timestamp_ms - req.created_at.timestamp() * 1000.0
     for rec in responses:
         try:
             resp = decode(rec.value, Response)
@@ -249,7 +279,7 @@ def answer_from_response(resp: Response, shift_ms: float = 0.0) -> Answer:
         status=resp.status,
         answer=resp.answer,
         sources=tuple(SourceRef(s.document_id, s.chunk_id, s.score) for s in resp.sources),
-        timings_ms=rebase_timings(resp.timings_ms, shift_ms),
+        timings_ms=rebase_timings(with_processing(resp.timings_ms), shift_ms),
         prompt_tokens=resp.usage.prompt_tokens,
         completion_tokens=resp.usage.completion_tokens,
         error_class=resp.error.error_class if resp.error is not None else None,
@@ -275,7 +305,9 @@ def answer_from_trace_row(row: Mapping[str, Any]) -> Answer | None:
         status=str(status),
         answer=row.get("answer"),
         sources=sources,
-        timings_ms={k: float(v) for k, v in (row.get("timings_ms") or {}).items() if isinstance(v, int | float)},
+        timings_ms=with_processing(
+            {k: float(v) for k, v in (row.get("timings_ms") or {}).items() if isinstance(v, int | float)}
+        ),
         prompt_tokens=int(row.get("usage_prompt_tokens") or 0),
         completion_tokens=int(row.get("usage_completion_tokens") or 0),
         error_class=row.get("error_class"),
@@ -368,4 +400,5 @@ def load_run(
         keep = set(ids)
         run.queries = {k: v for k, v in run.queries.items() if k in keep}
         run.answers = {k: v for k, v in run.answers.items() if k in keep}
+        run.replayed &= keep
     return run

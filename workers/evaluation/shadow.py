@@ -1,194 +1,61 @@
-"""Run a shadow pipeline: the same workers on a run's shadow topics with another configuration.
+"""Run a shadow pipeline: the same workers on a run's shadow topics with another configuration, until every
+replayed request is answered.
 
-``ragstream shadow --run NAME --set retriever.top_k=3 --set retriever.template=concise`` starts the retriever,
-the generator and (unless ``--no-monitor``) a monitor as ``ragstream run <worker>`` subprocesses with:
+:func:`run_shadow` runs a :class:`workers.evaluation.shadow_plan.ShadowPlan`:
 
-* ``RAG_TOPICS__PREFIX=rag.eval.NAME.``: the topics ``ragstream replay --run NAME`` writes to (created here
-  from topics.yaml when missing);
-* consumer groups named after the run: the workers' default, prefix + role (``rag.eval.NAME.retriever``,
-  ``rag.eval.NAME.generator``); an inherited ``RAG_WORKER__GROUP_ID`` is removed so that no shadow worker can
-  join a live group; the monitor's app id (its group) is ``rag.eval.NAME.monitor``;
-* its own trace table, ``rag_traces_eval_<NAME>`` (``-`` and ``.`` become ``_``), no metrics or web port;
-* its own generator answer store, ``rag_answers_eval_<NAME>``: the store is keyed by request id and a replay
-  keeps the live request ids, so with the live store the shadow generator would re-emit the live answers;
-* the ``--set SECTION.KEY=VALUE`` overrides as ``RAG_SECTION__KEY=VALUE`` (validated against the settings
-  models first): another LLM server (``llm.url``), template (``retriever.template``), k (``retriever.top_k``),
-  index table and chunking (``retriever.table``, ``embedding.chunk_tokens``), ...
+1. **A used run is not answered again with other settings.** The run's log (:mod:`workers.evaluation.runlog`)
+   records the ``--set`` overrides of every shadow that answered it. Other overrides, or answers whose
+   settings were not recorded, stop the run before anything starts (:func:`attempt`): counting the old
+   answers as the new configuration's is how a shadow would "finish" at once. The same overrides continue the
+   earlier attempt (its consumer groups resume where they stopped).
+2. **Workers first, then traffic.** The workers start and the call waits until every one of them is consuming
+   (``on_ready`` is called then, and only then). When a ``replay`` is given it runs now, so the replayed
+   requests do not wait in the topic while the workers load their models: that wait would show as queue time.
+3. **Done when every replayed request is answered.** The requests to answer are the distinct request ids of
+   the run's requests topic once a replay has recorded itself in the run log (a replay started in another
+   terminal is waited for). A progress bar on stderr counts the answers (``progress=False``: none; the log
+   has a line every 10 answers). ``until_responses`` and ``timeout_s`` are upper bounds; Ctrl-C / SIGTERM
+   stops too. The shadow monitor then gets up to ``monitor_catch_up_s`` to record the answers.
 
-Overrides of ``topics.*``, ``worker.group_id``, ``monitor.app_id`` and ``generator.answer_table`` are
-refused: they would let a shadow worker read live topics, join a live group or reuse live answers.
+Deadlines: replayed requests keep the deadline they had (a replay copies values unchanged), so a request with
+a deadline replayed after it passed is answered ``expired`` by the shadow workers without work; the evaluation
+report counts those under the expiry rate. Replay traffic without deadlines, or soon enough.
 
-Deadlines: replayed requests keep the deadline they had (a replay copies values unchanged), so a request
-with a deadline replayed after it passed is answered ``expired`` by the shadow workers without work; the
-evaluation report counts those under the expiry rate. Replay traffic without deadlines, or soon enough.
-
-It stops on Ctrl-C / SIGTERM, after ``until_responses`` distinct request ids were answered on the shadow
-responses topic, or after ``timeout_s``; the workers get SIGTERM (drain, flush, commit), then SIGKILL after a
-bound. The response counter reads the shadow responses topic without a consumer group.
+The workers get SIGTERM at the end (drain, flush, commit), then SIGKILL after a bound. Answers and requests
+are read without a consumer group.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 import signal
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from pydantic import BaseModel, ValidationError
+from typing import Any
 
 from workers.contracts.errors import ConfigError, RagError
+from workers.evaluation import runlog
+from workers.evaluation.shadow_plan import (  # noqa: F401  (re-exported: the shadow API in one place)
+    ShadowPlan,
+    answer_table_name,
+    parse_overrides,
+    plan_shadow,
+    trace_table_name,
+    worker_env,
+)
 from workers.settings import KafkaSettings, Settings
-from workers.supervisor import WORKERS, WorkerProcesses
+from workers.supervisor import WorkerProcesses
 
 log = logging.getLogger(__name__)
-
-#: Settings a shadow run may not override (they decide which topics and groups it touches).
-FORBIDDEN = ("topics.", "worker.group_id", "monitor.app_id", "generator.answer_table")
-#: Inherited variables removed from the workers' environment (they could point at live groups).
-REMOVED_ENV = ("RAG_WORKER__GROUP_ID", "RAG_MONITOR__APP_ID")
-
-_SET_RE = re.compile(r"^(?P<section>[a-z_]+)\.(?P<key>[a-z_]+)=(?P<value>.*)$", re.DOTALL)
 
 
 class ShadowError(RagError):
     """A shadow worker exited or did not become ready."""
 
     error_class = "shadow"
-
-
-def trace_table_name(run: str) -> str:
-    """The shadow run's trace table: ``rag_traces_eval_<run>`` with other characters than letters, digits
-    and ``_`` replaced by ``_`` (at most 51 characters, the recorder's limit)."""
-    return ("rag_traces_eval_" + re.sub(r"[^A-Za-z0-9_]", "_", run))[:51]
-
-
-def answer_table_name(run: str) -> str:
-    """The shadow run's generator answer store: ``rag_answers_eval_<run>`` (same character rule, at most 63)."""
-    return ("rag_answers_eval_" + re.sub(r"[^A-Za-z0-9_]", "_", run))[:63]
-
-
-def parse_overrides(items: Sequence[str], settings: Settings) -> dict[str, str]:
-    """Turn ``SECTION.KEY=VALUE`` items into ``RAG_SECTION__KEY`` environment variables, validated.
-
-    Each value is checked by building the section's settings model with it, so a typo or a wrong type fails
-    here rather than in a worker.
-
-    Args:
-        items: the ``--set`` items.
-        settings: the current settings (the section's other values).
-
-    Returns:
-        ``{"RAG_RETRIEVER__TOP_K": "3", ...}``.
-
-    Raises:
-        ConfigError: malformed item, unknown section or key, a forbidden key, or an invalid value.
-    """
-    env: dict[str, str] = {}
-    updates: dict[str, dict[str, str]] = {}
-    for item in items:
-        m = _SET_RE.match(item.strip())
-        if m is None:
-            raise ConfigError(f"bad --set {item!r}: use SECTION.KEY=VALUE, e.g. retriever.top_k=3")
-        section, key, value = m["section"], m["key"], m["value"]
-        dotted = f"{section}.{key}"
-        if any(dotted == f or (f.endswith(".") and dotted.startswith(f)) for f in FORBIDDEN):
-            raise ConfigError(f"--set {dotted} is not allowed: the shadow run sets topics and groups itself")
-        sec = getattr(settings, section, None)
-        if not isinstance(sec, BaseModel):
-            sections = sorted(k for k, v in Settings.model_fields.items() if isinstance(v.default, BaseModel))
-            raise ConfigError(f"bad --set {item!r}: unknown section {section!r}; known: {sections}")
-        if key not in type(sec).model_fields:
-            raise ConfigError(
-                f"bad --set {item!r}: {section} has no setting {key!r}; known: {sorted(type(sec).model_fields)}"
-            )
-        updates.setdefault(section, {})[key] = value
-        env[f"RAG_{section.upper()}__{key.upper()}"] = value
-    for section, vals in updates.items():
-        sec = getattr(settings, section)
-        data = sec.model_dump()
-        data.update(vals)
-        try:
-            type(sec).model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ConfigError(
-                f"bad --set for {section}.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-            ) from None
-    return env
-
-
-@dataclass(frozen=True)
-class ShadowPlan:
-    """What a shadow run starts.
-
-    Attributes:
-        run: run name.
-        prefix: shadow topic prefix (``rag.eval.<run>.``).
-        env: variables set for every worker (prefix, monitor identity, overrides).
-        trace_table: the shadow monitor's trace table (``None`` without a monitor).
-        workers: worker processes to start.
-    """
-
-    run: str
-    prefix: str
-    env: Mapping[str, str]
-    trace_table: str | None
-    workers: tuple[str, ...]
-
-
-def plan_shadow(
-    settings: Settings,
-    run: str,
-    overrides: Sequence[str] = (),
-    *,
-    prefix_template: str = "rag.eval.{run}.",
-    monitor: bool = True,
-) -> ShadowPlan:
-    """Check the run and overrides and compute the workers' environment.
-
-    Raises:
-        ConfigError: bad run name or prefix, the shadow prefix equals the live one, or a bad override.
-    """
-    from workers.evaluation.replay_plan import shadow_prefix
-
-    prefix = shadow_prefix(run, prefix_template)
-    if prefix == settings.topics.prefix:
-        raise ConfigError(f"the shadow prefix {prefix!r} is the live topic prefix; choose another run name")
-    env = {
-        "RAG_TOPICS__PREFIX": prefix,
-        "RAG_WORKER__METRICS_PORT": "0",
-    }
-    gen = getattr(settings, "generator", None)
-    if isinstance(gen, BaseModel) and "answer_table" in type(gen).model_fields:
-        # The answer store is keyed by request id and replayed requests keep theirs: never share the live one.
-        env["RAG_GENERATOR__ANSWER_TABLE"] = answer_table_name(run)
-    table = trace_table_name(run) if monitor else None
-    if monitor:
-        assert table is not None
-        if table == settings.monitor.table:
-            raise ConfigError(f"the shadow trace table {table!r} is the live one; choose another run name")
-        env.update(
-            {
-                "RAG_MONITOR__APP_ID": prefix + "monitor",
-                "RAG_MONITOR__TABLE": table,
-                "RAG_MONITOR__METRICS_PORT": "0",
-                "RAG_MONITOR__WEB_PORT": "0",
-            }
-        )
-    env.update(parse_overrides(overrides, settings))
-    workers = WORKERS if monitor else WORKERS[:2]
-    return ShadowPlan(run=run, prefix=prefix, env=env, trace_table=table, workers=workers)
-
-
-def worker_env(base_env: Mapping[str, str], plan: ShadowPlan) -> dict[str, str]:
-    """The environment of the shadow workers: ``base_env`` without group overrides, plus the plan's variables
-    (:func:`workers.supervisor.process_env` then sets ``HF_HUB_OFFLINE`` per worker)."""
-    env = {k: v for k, v in base_env.items() if k not in REMOVED_ENV}
-    env.update(plan.env)
-    return env
 
 
 def shadow_processes(plan: ShadowPlan, base_env: Mapping[str, str], log_dir: Path) -> WorkerProcesses:
@@ -207,6 +74,53 @@ def shadow_processes(plan: ShadowPlan, base_env: Mapping[str, str], log_dir: Pat
         log_name="{worker}.log",
         error=ShadowError,
     )
+
+
+def attempt(plan: ShadowPlan, previous: runlog.RunLogEntry | None, answers_before: int) -> str:
+    """Whether this shadow starts the run afresh (``"fresh"``) or continues an earlier attempt (``"resume"``).
+
+    Args:
+        plan: this shadow's plan (its overrides).
+        previous: the run log's last ``shadow_start`` entry, ``None`` when there is none.
+        answers_before: records already in the run's prompts and responses topics (what earlier shadow
+            workers produced).
+
+    Raises:
+        ConfigError: the run was answered with other overrides, or has answers whose settings were not
+            recorded; the message says how to start a fresh run.
+    """
+    if answers_before == 0:  # nothing produced yet: whatever was tried before left nothing to mix up
+        return "fresh" if previous is None or dict(previous.overrides) != dict(plan.overrides) else "resume"
+    fresh = (
+        f"start a fresh run under another name (ragstream shadow --run {plan.run}-2 ...), or delete this one "
+        f"(ragstream runs delete {plan.run}) and replay again"
+    )
+    if previous is None:
+        raise ConfigError(
+            f"run {plan.run!r} already has {answers_before} prompts and answers from a shadow whose settings were not "
+            f"recorded; they would be counted as this configuration's: {fresh}"
+        )
+    if dict(previous.overrides) != dict(plan.overrides):
+        old = " ".join(f"{k}={v}" for k, v in sorted(previous.overrides.items())) or "no overrides"
+        new = " ".join(f"{k}={v}" for k, v in sorted(plan.overrides.items())) or "no overrides"
+        raise ConfigError(
+            f"run {plan.run!r} was answered with {old} (shadow of {previous.at:%Y-%m-%d %H:%M:%S} UTC); this shadow "
+            f"asks for {new}. Its {answers_before} prompts and answers would be counted as the new configuration's: "
+            f"{fresh}"
+        )
+    return "resume"
+
+
+def _ids_of(values: list[bytes | None]) -> dict[str, str]:
+    """Request id → status (``ok`` when absent) of JSON messages; values that are not such messages are skipped."""
+    out: dict[str, str] = {}
+    for raw in values:
+        try:
+            obj = json.loads(raw or b"")
+            out.setdefault(str(obj["request_id"]), str(obj.get("status", "ok")))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 class ResponseCounter:
@@ -232,16 +146,8 @@ class ResponseCounter:
 
     def poll(self, timeout_s: float = 0.5) -> int:
         """Read what arrived; returns the number of distinct request ids answered so far."""
-        import json
-
-        for msg in self._consumer.consume(500, timeout=timeout_s):
-            if msg.error() is not None:
-                continue
-            try:
-                obj = json.loads(msg.value() or b"")
-                rid, status = str(obj["request_id"]), str(obj.get("status", "ok"))
-            except (ValueError, KeyError, TypeError):
-                continue
+        msgs = [m for m in self._consumer.consume(500, timeout=timeout_s) if m.error() is None]
+        for rid, status in _ids_of([m.value() for m in msgs]).items():
             if rid not in self.ids:
                 self.ids.add(rid)
                 self.by_status[status] = self.by_status.get(status, 0) + 1
@@ -250,6 +156,39 @@ class ResponseCounter:
     def close(self) -> None:
         """Close the consumer (nothing to commit)."""
         self._consumer.close()
+
+
+class ReplayedIds:
+    """The request ids a shadow run must answer: known once a replay has recorded itself in the run log.
+
+    Args:
+        settings: Kafka settings and topic base names.
+        prefix: the run's topic prefix.
+    """
+
+    def __init__(self, settings: Settings, prefix: str) -> None:
+        self.settings = settings
+        self.prefix = prefix
+        self.replays = 0
+        self.ids: set[str] | None = None
+
+    def refresh(self) -> bool:
+        """Read the run log; after a new replay entry, read the requests topic's distinct ids. Returns whether
+        the requests to answer are known."""
+        from workers.kafka.reader import read_topic
+
+        entries = runlog.replays(runlog.read(self.settings.kafka, self.prefix))
+        if len(entries) > self.replays:
+            topic = self.prefix + self.settings.topics.requests
+            self.ids = set(_ids_of([r.value for r in read_topic(self.settings.kafka, topic)]))
+            self.replays = len(entries)
+            log.info(
+                "shadow requests to answer run_prefix=%s replays=%d requests=%d",
+                self.prefix,
+                self.replays,
+                len(self.ids),
+            )
+        return self.ids is not None
 
 
 @dataclass
@@ -261,22 +200,28 @@ class ShadowResult:
         prefix: shadow topic prefix.
         trace_table: the shadow monitor's table (``None`` without a monitor).
         responses: distinct request ids answered on the shadow responses topic.
+        expected: distinct request ids replayed into the run (``None`` when no replay was recorded).
         by_status: those answers by status.
-        reason: ``until_responses``, ``timeout`` or ``interrupted``.
+        reason: ``all_answered``, ``until_responses``, ``timeout`` or ``interrupted``.
         seconds: wall time (s).
         exit_codes: worker → exit code.
         log_dir: folder of the worker logs.
+        attempt: ``fresh`` or ``resume`` (:func:`attempt`).
+        replay: what the replay run by this shadow returned, if it ran one.
     """
 
     run: str
     prefix: str
     trace_table: str | None
     responses: int
+    expected: int | None
     by_status: dict[str, int]
     reason: str
     seconds: float
     exit_codes: dict[str, int | None]
     log_dir: Path
+    attempt: str = "fresh"
+    replay: Any = field(default=None)
 
 
 class _StopFlag:
@@ -302,11 +247,39 @@ def ensure_shadow_topics(settings: Settings, prefix: str, topics_file: Path) -> 
     return list(ensure_topics(settings.kafka, topics_file, prefix).created)
 
 
+def records_in(kafka: KafkaSettings, topic: str) -> int:
+    """Records in a topic (sum of high minus low watermarks), 0 when it does not exist."""
+    from workers.kafka.reader import reader, watermarks
+
+    consumer = reader(kafka, "shadow-check")
+    try:
+        return sum(high - low for low, high in watermarks(consumer, topic).values())
+    except ConfigError:
+        return 0
+    finally:
+        consumer.close()
+
+
 def _trace_rows(database_url: str, table: str) -> int:
     """Answered rows of the shadow trace table (0 when it does not exist yet or the database is away)."""
     from workers.adapters.traces import answered_rows
 
     return answered_rows(database_url, table)
+
+
+def _progress(enabled: bool, run: str) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(f"shadow {run}: answered"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
 
 
 def run_shadow(
@@ -318,10 +291,14 @@ def run_shadow(
     log_dir: Path,
     until_responses: int | None = None,
     timeout_s: float | None = None,
+    replay: Callable[[], Any] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    progress: bool = False,
     ready_timeout_s: float = 300.0,
     monitor_catch_up_s: float = 60.0,
+    log_refresh_s: float = 3.0,
 ) -> ShadowResult:
-    """Start the shadow pipeline and run it until told to stop.
+    """Start the shadow pipeline, replay when asked, and run until every replayed request is answered.
 
     Args:
         settings: the live settings (Kafka, database, topic base names).
@@ -331,48 +308,61 @@ def run_shadow(
         log_dir: worker log folder.
         until_responses: stop once this many distinct request ids are answered (``None``: no bound).
         timeout_s: stop after this many seconds (``None``: no bound).
+        replay: run after every worker is ready (a :func:`workers.evaluation.replay.replay` call into this run);
+            ``None``: answer what was or will be replayed by ``ragstream replay``.
+        on_ready: called with ``"fresh"`` or ``"resume"`` once every worker is consuming.
+        progress: show a progress bar on stderr.
         ready_timeout_s: seconds allowed for the workers to start (model loading included).
-        monitor_catch_up_s: after ``until_responses`` is reached, seconds allowed for the shadow monitor to
-            record the answers before the workers are stopped.
+        monitor_catch_up_s: seconds allowed for the shadow monitor to record the answers before the workers
+            are stopped.
+        log_refresh_s: seconds between reads of the run log while the requests to answer are not known.
 
     Returns:
         A :class:`ShadowResult`.
 
     Raises:
+        ConfigError: the run was answered with other settings (:func:`attempt`), or topics could not be created.
         ShadowError: a worker exited or did not become ready.
-        ConfigError: topics could not be created.
         ServiceUnavailableError: no broker answers.
     """
     t0 = time.monotonic()
     ensure_shadow_topics(settings, plan.prefix, topics_file)
+    responses_topic = plan.prefix + settings.topics.responses
+    produced = records_in(settings.kafka, plan.prefix + settings.topics.prompts) + records_in(
+        settings.kafka, responses_topic
+    )
+    kind = attempt(plan, runlog.last_shadow(runlog.read(settings.kafka, plan.prefix)), produced)
+    runlog.append(
+        settings.kafka,
+        plan.prefix,
+        runlog.RunLogEntry(kind="shadow_start", run=plan.run, overrides=dict(plan.overrides)),
+    )
     stop = _StopFlag()
     old_term = signal.signal(signal.SIGTERM, stop.set)
     pipeline = shadow_processes(plan, base_env, log_dir)
     counter: ResponseCounter | None = None
+    expected = ReplayedIds(settings, plan.prefix)
     reason = "interrupted"
     codes: dict[str, int | None] = {}
+    replay_result: Any = None
     try:
         pipeline.start()
         pipeline.wait_ready(ready_timeout_s, stop=stop)
-        log.info("shadow run ready run=%s prefix=%s", plan.run, plan.prefix)
-        counter = ResponseCounter(settings.kafka, plan.prefix + settings.topics.responses)
-        last_logged = -1
-        while not stop.is_set():
-            n = counter.poll(0.5)
-            if n != last_logged and (n - last_logged >= 10 or (until_responses is not None and n >= until_responses)):
-                log.info("shadow responses run=%s answered=%d by_status=%s", plan.run, n, counter.by_status)
-                last_logged = n
-            if until_responses is not None and n >= until_responses:
-                reason = "until_responses"
-                break
-            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-                reason = "timeout"
-                break
-            pipeline.check_alive()
-        if reason == "until_responses" and plan.trace_table is not None and until_responses is not None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.info("shadow run ready run=%s prefix=%s workers=%s", plan.run, plan.prefix, ",".join(plan.workers))
+        if on_ready is not None:
+            on_ready(kind)
+        if replay is not None:
+            replay_result = replay()
+        counter = ResponseCounter(settings.kafka, responses_topic)
+        reason = _answer(
+            settings, plan, pipeline, counter, expected, stop, progress, until_responses, timeout_s, t0, log_refresh_s
+        )
+        if reason in ("all_answered", "until_responses") and plan.trace_table is not None:
             url = settings.database_url.get_secret_value()
             end = time.monotonic() + monitor_catch_up_s
-            while _trace_rows(url, plan.trace_table) < until_responses and time.monotonic() < end:
+            while _trace_rows(url, plan.trace_table) < len(counter.ids) and time.monotonic() < end:
                 pipeline.check_alive()
                 time.sleep(0.5)
     except KeyboardInterrupt:
@@ -382,14 +372,85 @@ def run_shadow(
         if counter is not None:
             counter.close()
         codes = {name.rsplit("-", 1)[0]: code for name, code in pipeline.stop().items()}
+    answered = len(counter.ids) if counter is not None else 0
+    try:
+        runlog.append(
+            settings.kafka,
+            plan.prefix,
+            runlog.RunLogEntry(kind="shadow_end", run=plan.run, answered=answered, reason=reason),
+        )
+    except RagError as exc:  # the answers are there; only the log line is missing
+        log.warning("could not record the end of the shadow run: %s", exc)
     return ShadowResult(
         run=plan.run,
         prefix=plan.prefix,
         trace_table=plan.trace_table,
-        responses=len(counter.ids) if counter is not None else 0,
+        responses=answered,
+        expected=len(expected.ids) if expected.ids is not None else None,
         by_status=dict(counter.by_status) if counter is not None else {},
         reason=reason,
         seconds=time.monotonic() - t0,
         exit_codes=codes,
         log_dir=log_dir,
+        attempt=kind,
+        replay=replay_result,
     )
+
+
+def _answer(
+    settings: Settings,
+    plan: ShadowPlan,
+    pipeline: WorkerProcesses,
+    counter: ResponseCounter,
+    expected: ReplayedIds,
+    stop: _StopFlag,
+    progress: bool,
+    until_responses: int | None,
+    timeout_s: float | None,
+    t0: float,
+    log_refresh_s: float,
+) -> str:
+    """Poll answers until every replayed request is answered or a bound is hit; returns why it stopped."""
+    known = expected.refresh()
+    if not known:
+        log.warning(
+            "shadow run %s: nothing replayed yet; waiting for `ragstream replay --run %s ...`", plan.run, plan.run
+        )
+    last_read = time.monotonic()
+    last_logged, last_log_t = -1, time.monotonic()
+    with _progress(progress, plan.run) as bar:
+        task = bar.add_task("answers", total=None, status="waiting for a replay" if not known else "")
+        while not stop.is_set():
+            n = counter.poll(0.5)
+            if time.monotonic() - last_read > log_refresh_s:  # another replay may have been added
+                known = expected.refresh()
+                last_read = time.monotonic()
+            todo = expected.ids
+            status = " ".join(f"{k}={v}" for k, v in sorted(counter.by_status.items()))
+            bar.update(
+                task,
+                completed=n if todo is None else len(todo & counter.ids),
+                total=None if todo is None else len(todo),
+                status=status,
+            )
+            if n != last_logged and (
+                n - last_logged >= 10
+                or time.monotonic() - last_log_t > 15
+                or (todo is not None and todo <= counter.ids)
+            ):
+                log.info(
+                    "shadow responses run=%s answered=%d of=%s by_status=%s",
+                    plan.run,
+                    n,
+                    len(todo) if todo is not None else "?",
+                    counter.by_status,
+                )
+                last_logged, last_log_t = n, time.monotonic()
+            if until_responses is not None and n >= until_responses:
+                return "until_responses"
+            if todo is not None and todo <= counter.ids:
+                return "all_answered"
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                return "timeout"
+            pipeline.check_alive()
+    return "interrupted"

@@ -148,3 +148,95 @@ def apply_topics(admin: AdminClient, spec: TopicsFile, timeout_s: float = 30.0) 
             else:
                 report.unchanged.append(t.name)
     return report
+
+
+def record_counts(kafka: KafkaSettings, names: Iterable[str], timeout_s: float = 10.0) -> dict[str, int]:
+    """Records in each named topic that exists: the sum over its partitions of the latest minus the earliest
+    offset (compacted or transactional topics hold somewhat fewer).
+
+    Raises:
+        ServiceUnavailableError: the broker did not answer within ``timeout_s`` seconds.
+    """
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    parts = topic_partitions(kafka, names, timeout_s)
+    if not parts:
+        return {}
+    admin = admin_client(kafka)
+    tps = [TopicPartition(t, p) for t, n in parts.items() for p in range(n)]
+    ends: dict[str, dict[tuple[str, int], int]] = {}
+    try:
+        for side, spec in (("low", OffsetSpec.earliest()), ("high", OffsetSpec.latest())):
+            futures = admin.list_offsets({tp: spec for tp in tps}, request_timeout=timeout_s)
+            ends[side] = {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+    except KafkaException as exc:
+        raise ServiceUnavailableError(f"listing offsets at {kafka.bootstrap_servers!r} failed: {exc}") from None
+    out = dict.fromkeys(parts, 0)
+    for key, high in ends["high"].items():
+        out[key[0]] += max(0, high - ends["low"].get(key, 0))
+    return out
+
+
+def delete_topics(kafka: KafkaSettings, names: Iterable[str], timeout_s: float = 30.0) -> list[str]:
+    """Delete topics; those already gone are skipped. Returns the names deleted.
+
+    Raises:
+        ConfigError: the broker refused to delete one (its error is in the message).
+    """
+    wanted = sorted(set(names))
+    if not wanted:
+        return []
+    admin = admin_client(kafka)  # kept referenced until the futures are done
+    futures = admin.delete_topics(wanted, operation_timeout=timeout_s, request_timeout=timeout_s)
+    deleted = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            deleted.append(name)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.name() != "UNKNOWN_TOPIC_OR_PART":
+                raise ConfigError(f"deleting topic {name} failed: {err.str()}") from exc
+    log.info("deleted topics %s", deleted)
+    return sorted(deleted)
+
+
+def consumer_groups(kafka: KafkaSettings, prefix: str, timeout_s: float = 10.0) -> list[str]:
+    """Ids of the consumer groups whose id starts with ``prefix``.
+
+    Raises:
+        ServiceUnavailableError: the broker did not answer within ``timeout_s`` seconds.
+    """
+    try:
+        admin = admin_client(kafka)  # kept referenced until the future is done
+        result = admin.list_consumer_groups(request_timeout=timeout_s).result()
+    except KafkaException as exc:
+        raise ServiceUnavailableError(f"listing consumer groups at {kafka.bootstrap_servers!r} failed: {exc}") from None
+    return sorted(g.group_id for g in result.valid if g.group_id.startswith(prefix))
+
+
+def delete_consumer_groups(kafka: KafkaSettings, groups: Iterable[str], timeout_s: float = 30.0) -> list[str]:
+    """Delete consumer groups (they must have no active member); those already gone are skipped.
+
+    Returns:
+        The group ids deleted.
+
+    Raises:
+        ConfigError: a group could not be deleted (e.g. it still has members).
+    """
+    wanted = sorted(set(groups))
+    if not wanted:
+        return []
+    admin = admin_client(kafka)  # kept referenced until the futures are done
+    futures = admin.delete_consumer_groups(wanted, request_timeout=timeout_s)
+    deleted = []
+    for group, fut in futures.items():
+        try:
+            fut.result()
+            deleted.append(group)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.name() not in ("GROUP_ID_NOT_FOUND", "_NOENT"):
+                raise ConfigError(f"deleting consumer group {group} failed: {err.str()}") from exc
+    return sorted(deleted)

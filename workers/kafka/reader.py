@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from workers.contracts.errors import ConfigError, RetryableError
 from workers.contracts.serde import headers_to_dict
@@ -40,19 +40,39 @@ def reader(kafka: KafkaSettings, purpose: str = "read", **overrides: Any) -> Con
     return Consumer(reader_config(kafka, purpose, **overrides))
 
 
+#: Errors of a partition whose leader is not elected yet (a topic created a moment ago): asked again.
+_NO_LEADER_YET = frozenset(
+    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
+)
+
+
 def watermarks(consumer: Consumer, topic: str, *, timeout_s: float = 10.0) -> dict[int, tuple[int, int]]:
     """Low and high watermark of every partition of ``topic``: ``{partition: (low, high)}`` (high = next offset).
 
+    A partition whose leader is not elected yet (a topic created a moment ago) is asked again until
+    ``timeout_s`` has passed.
+
     Raises:
         ConfigError: the topic does not exist (or has no partitions).
+        KafkaException: the broker kept refusing (other errors, or a leader still missing after ``timeout_s``).
     """
     meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         reason = meta.error.str() if meta is not None and meta.error is not None else "no partitions"
         raise ConfigError(f"topic {topic!r} not found: {reason}")
     out: dict[int, tuple[int, int]] = {}
+    deadline = time.monotonic() + timeout_s
     for p in sorted(meta.partitions):
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+                break
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                code = err.code() if isinstance(err, KafkaError) else None
+                if code not in _NO_LEADER_YET or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         out[p] = (low, high)
     return out
 

@@ -79,9 +79,15 @@ def dead_letter_of(
 
     It carries the raw value (base64, at most :data:`DEAD_LETTER_MAX_VALUE_BYTES`), the source
     topic/partition/offset and key, the error class and message, the stage and attempts. The request id is
-    ``request_id``, else the input's ``request_id`` header when it is a UUID.
+    ``request_id``, else the input's ``request_id`` header when it is a UUID. An input sent back from the
+    dead-letter topic (``ragstream dlq replay``) carries the attempts so far (header ``dlq_attempts``) and its
+    first failure time (``dlq_first_failure_at``): the new dead letter counts on from them.
     """
     now = datetime.now(UTC)
+    earlier = _int_header(incoming.headers.get("dlq_attempts"))
+    attempts += earlier
+    if earlier and first_failure_at is None:
+        first_failure_at = _time_header(incoming.headers.get("dlq_first_failure_at"))
     rid = request_id
     if rid is None:
         try:
@@ -106,6 +112,23 @@ def dead_letter_of(
         first_failure_at=first_failure_at or now,
         last_failure_at=now,
     )
+
+
+def _int_header(value: str | None) -> int:
+    """A non-negative integer header, 0 when absent or not a number."""
+    try:
+        return max(0, int(value or 0))
+    except ValueError:
+        return 0
+
+
+def _time_header(value: str | None) -> datetime | None:
+    """An ISO 8601 time header with a timezone, ``None`` when absent or not such a time."""
+    try:
+        dt = datetime.fromisoformat(value or "")
+    except ValueError:
+        return None
+    return dt if dt.tzinfo is not None else None
 
 
 def dead_letter_output(incoming: Incoming, letter: DeadLetter, topic: str) -> Output:

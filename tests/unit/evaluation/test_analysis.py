@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 
 from workers.evaluation.analysis import (
+    PROCESSING_STAGE,
     compare_runs,
     cosine,
     jaccard,
     latency_stats,
+    not_comparable_stages,
+    overlap,
     percentile,
     rates,
     retrieval_metrics,
@@ -16,7 +19,7 @@ from workers.evaluation.analysis import (
     summarize,
 )
 from workers.evaluation.models import Rates, Retrieval, Summary
-from workers.evaluation.runs import RunData
+from workers.evaluation.runs import RunData, with_processing
 
 from .cases import make_answer, make_ids
 
@@ -51,7 +54,7 @@ def test_latency_stats_only_ok_and_in_stage_order() -> None:
         make_answer(c, status="error", timings_ms={"end_to_end_ms": 99999.0}),
     ]
     st = latency_stats(answers)
-    assert list(st) == ["embed_ms", "end_to_end_ms", "zzz_ms"]
+    assert list(st) == ["embed_ms", "processing_ms", "end_to_end_ms", "zzz_ms"]
     assert st["end_to_end_ms"].p50 == 200.0
     assert st["end_to_end_ms"].max == 300.0  # the error's latency is not counted
 
@@ -94,14 +97,40 @@ def test_hit_at_k_and_mrr_count_unanswered_labelled_requests_as_misses() -> None
     assert m.hit_at_1 == pytest.approx(1 / 3)
     assert m.hit_at_5 == pytest.approx(1 / 3)
     assert m.mrr == pytest.approx((1 + 1 / 6) / 3)
-    assert list(m.as_json()) == ["hit@1", "hit@5", "mrr", "labelled"]
+    assert list(m.as_json()) == ["hit@1", "hit@5", "mrr", "labelled", "sources_k"]
+    assert m.sources_k == 6  # the most sources an answer had: the run's k
     assert m.get("hit@5") == m.hit_at_5 and m.get("mrr") == m.mrr and m.get("hit@9") is None
     none_labelled = retrieval_metrics(ids, queries, answers, {"nothing": frozenset({"a"})})
-    assert none_labelled == Retrieval(labelled=0)
-    assert none_labelled.as_json() == {"labelled": 0}
+    assert none_labelled == Retrieval(labelled=0, sources_k=6)
+    assert retrieval_metrics(ids, queries, {}, labels).as_json() == {
+        "hit@1": 0.0,
+        "hit@5": 0.0,
+        "mrr": 0.0,
+        "labelled": 3,
+    }
 
 
 # --------------------------------------------------------------------------- between runs
+
+
+def test_overlap_is_the_share_of_the_smaller_set_found_in_the_larger() -> None:
+    k5 = ["c1", "c2", "c3", "c4", "c5"]
+    assert overlap(k5[:3], k5) == 1.0  # k=3 within k=5: a perfect subset (Jaccard says 0.6)
+    assert jaccard(k5[:3], k5) == pytest.approx(0.6)
+    assert overlap(["c1", "x", "y"], k5) == pytest.approx(1 / 3)
+    assert overlap(k5, ["z"]) == 0.0
+    assert overlap([], []) == 1.0 and overlap(["a"], []) == 0.0
+
+
+def test_processing_latency_leaves_out_queue_waits_and_queue_stages_are_apart_for_replayed_runs() -> None:
+    t = with_processing({"retriever_queue_ms": 18_000.0, "generator_queue_ms": 500.0, "end_to_end_ms": 20_000.0})
+    assert t[PROCESSING_STAGE] == 1500.0
+    assert with_processing({"embed_ms": 3.0}) == {"embed_ms": 3.0}  # no end to end: no processing time
+    ids = make_ids(1)
+    live, replayed = RunData("baseline", "live"), RunData("candidate", "run:x", replayed={ids[0]})
+    stages = ["embed_ms", "retriever_queue_ms", PROCESSING_STAGE, "end_to_end_ms"]
+    assert not_comparable_stages(live, replayed, stages) == ["retriever_queue_ms", "end_to_end_ms"]
+    assert not_comparable_stages(live, RunData("candidate", "topics:x"), stages) == []
 
 
 def test_jaccard_and_cosine_including_empty_sets_and_zero_vectors() -> None:
@@ -144,14 +173,14 @@ def test_compare_runs_joins_by_request_id() -> None:
     assert summary.joined == 3 and summary.both_ok == 2
     assert calls == [["same", "left", "same", "right"]]
     assert per[ids[0]].model_dump() == {
-        "chunk_jaccard": 0.5,
-        "document_jaccard": 0.5,
+        "chunk_overlap": 1.0,  # the one source of the candidate is among the baseline's two
+        "document_overlap": 1.0,
         "answer_similarity": pytest.approx(1.0),
     }
     assert per[ids[1]].answer_similarity == pytest.approx(0.0)
     assert summary.answer_similarity.mean == pytest.approx(0.5)
     assert summary.identical_answers == 0.5
-    assert summary.document_jaccard.mean == pytest.approx(0.25)
+    assert summary.document_overlap.mean == pytest.approx(0.5)  # 1.0 and 0.0
     no_sim, _ = compare_runs(ids, base, cand, None)
     assert no_sim.answer_similarity == Summary(n=0)
     assert no_sim.as_json()["answer_similarity"] == {"n": 0}

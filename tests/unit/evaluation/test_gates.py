@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workers.contracts.errors import ConfigError
-from workers.evaluation.gates import check_gate, metric_value, parse_gate
+from workers.evaluation.gates import check_gate, metric_catalog, metric_value, parse_gate, resolve_metric
 from workers.evaluation.report import build_report
 
 from .cases import two_runs
@@ -69,3 +69,43 @@ def test_gate_paths_resolve_by_json_key_in_the_typed_report_sections() -> None:
     assert r.passed
     assert not check_gate(parse_gate("expiry_rate<=0.1"), b, c, cmp_).passed
     assert check_gate(parse_gate("compare.answer_similarity.mean>=0"), b, c, cmp_).candidate is not None
+
+
+def test_every_gate_form_survives_an_unquoted_shell_and_the_old_forms_still_parse() -> None:
+    forms = {
+        "error_rate:max=0.01": ("rates.error", "max", 0.01),
+        "hit@5:min=0.9": ("retrieval.hit@5", "min", 0.9),
+        "compare.answer_similarity.mean:min=0.8": ("compare.answer_similarity.mean", "min", 0.8),
+        "latency.p50:max=2500": ("latency_ms.processing_ms.p50", "max", 2500.0),
+        "error_rate<=0.01": ("rates.error", "max", 0.01),  # quoted in a shell, as before
+        "hit@5>=0.9": ("retrieval.hit@5", "min", 0.9),
+    }
+    for spec, (path, kind, amount) in forms.items():
+        g = parse_gate(spec)
+        assert (g.path, g.kind, g.amount) == (path, kind, amount), spec
+    for spec in ("error_rate:max=0.01", "hit@5:min=0.9", "hit@5:-0.05", "latency.p50:+20%"):
+        assert not set(spec) & set("<>|;&$`'\"() *?[]"), spec  # nothing a shell would act on
+    assert parse_gate("latency.p50:+20%").path == "latency_ms.processing_ms.p50"  # queue time left out
+
+
+def test_unknown_metrics_fail_with_the_valid_names() -> None:
+    for bad in ("hit@10:-0.1", "latency.e2e.p50:+20%", "latency_ms.end_to_end_ms.p42:+1", "rates.nope:max=1"):
+        with pytest.raises(ConfigError, match="valid names") as info:
+            parse_gate(bad)
+        assert "hit@5" in str(info.value) and "processing_ms" in str(info.value)
+    with pytest.raises(ConfigError, match="shell"):
+        parse_gate("error_rate=0.01")  # what `error_rate<=0.01` becomes unquoted in bash
+    assert resolve_metric("latency.end_to_end_ms.p99") == "latency_ms.end_to_end_ms.p99"
+    catalog = metric_catalog()
+    assert "compare.chunk_overlap.mean" in catalog and "retrieval.hit@5" in catalog
+    assert len(catalog) == len(set(catalog))
+
+
+def test_gate_reasons_print_numbers_for_people_and_note_queue_time_of_replayed_traffic() -> None:
+    base = {"latency_ms": {"end_to_end_ms": {"p50": 9600.0}}}
+    cand = {"latency_ms": {"end_to_end_ms": {"p50": 24650.0}}}
+    r = check_gate(parse_gate("latency.end_to_end_ms.p50:+20%"), base, cand, {}, ["end_to_end_ms"])
+    assert not r.passed
+    assert r.reason == "candidate 24,650 above limit 11,520 (baseline 9,600, +156.8%)"
+    assert r.note is not None and "not comparable" in r.note and "latency.p50" in r.note
+    assert check_gate(parse_gate("latency.end_to_end_ms.p50:+20%"), base, cand, {}).note is None

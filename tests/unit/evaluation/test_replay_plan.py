@@ -11,12 +11,14 @@ import pytest
 from workers.contracts.errors import ConfigError
 from workers.evaluation.replay_plan import (
     OffsetRange,
+    Pace,
     PartitionRange,
     PartitionReport,
     ReplayReport,
     build_plan,
     load_request_ids,
     parse_offsets,
+    parse_pace,
     parse_request_ids,
     parse_time,
     plan_ranges,
@@ -145,3 +147,28 @@ def test_report_totals() -> None:
     assert (rep.in_range, rep.read, rep.selected, rep.produced, rep.failed, rep.ok) == (7, 7, 5, 5, 0, True)
     rep.partitions[1].selected, rep.partitions[1].failed = 2, 2
     assert not rep.ok
+
+
+def test_times_back_from_now() -> None:
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    assert parse_time("1h", now) == datetime(2026, 12, 6, 11, 0, tzinfo=UTC)
+    assert parse_time("30m", now) == datetime(2026, 12, 6, 11, 30, tzinfo=UTC)
+    assert parse_time("90s", now) == datetime(2026, 12, 6, 11, 58, 30, tzinfo=UTC)
+    assert parse_time("2d", now) == datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    for bad in ("1 hour", "h", "-1h", "1w"):
+        with pytest.raises(ConfigError):
+            parse_time(bad, now)
+
+
+def test_pace_burst_rate_and_original_spacing() -> None:
+    assert parse_pace(None) == Pace() and str(parse_pace("burst")) == "burst"
+    assert parse_pace("5") == Pace(per_s=5.0) and str(parse_pace("20/s")) == "20/s"
+    assert parse_pace("original") == Pace(original=True) and str(Pace(original=True)) == "original"
+    for bad in ("0", "-3", "fast", "inf"):
+        with pytest.raises(ConfigError):
+            parse_pace(bad)
+    assert [Pace(per_s=4.0).delay_s(i, None, None) for i in range(3)] == [0.0, 0.25, 0.5]
+    original = Pace(original=True)
+    assert original.delay_s(7, 1_000_500, 1_000_000) == 0.5  # half a second after the first record
+    assert original.delay_s(0, None, 1_000_000) == 0.0
+    assert Pace().delay_s(1000, 5, 0) == 0.0

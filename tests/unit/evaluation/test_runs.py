@@ -66,7 +66,10 @@ def test_parse_source_forms_and_bad_names() -> None:
     assert parse_source("run:k3") == RunSource("topics", "rag.eval.k3.")
     assert parse_source("topics:foo.") == RunSource("topics", "foo.")
     assert parse_source("table:rag_traces") == RunSource("table", "rag_traces")
-    assert str(parse_source("run:k3")) == "topics:rag.eval.k3."
+    # the report names them as a person wrote them: the live topics are "live", not "topics:" + an empty prefix
+    assert str(parse_source("live")) == "live" and str(parse_source("topics:", "")) == "live"
+    assert str(parse_source("run:k3")) == "run:k3" and str(parse_source("topics:foo.")) == "topics:foo."
+    assert str(parse_source("table:rag_traces")) == "table:rag_traces"
     for bad in ("nope", "run:", "run:a b", "table:x;drop", "file:x"):
         with pytest.raises(ConfigError):
             parse_source(bad)
@@ -108,6 +111,8 @@ def test_run_from_records_rebases_replayed_requests_and_dedupes() -> None:
     assert a.timings_ms["end_to_end_ms"] == pytest.approx(250.0)
     assert a.timings_ms["retriever_queue_ms"] == pytest.approx(210.0)
     assert a.timings_ms["embed_ms"] == 3.0
+    assert a.timings_ms["processing_ms"] == pytest.approx(40.0)  # the hour in the topic is not processing
+    assert run.replayed == {req.request_id}
     assert a.prompt_tokens == 100 and a.completion_tokens == 20
     assert a.provenance is not None and a.provenance.run_id == "r1"
     assert run.answers[live_req.request_id].timings_ms["end_to_end_ms"] == 80.0  # not replayed: unchanged
@@ -129,7 +134,8 @@ def test_answer_from_trace_row_skips_unanswered_rows_and_keeps_dead_letters() ->
     }
     a = answer_from_trace_row(row)
     assert a is not None and a.status == "ok" and a.sources == (SourceRef("d", "d#1", 0.5),)
-    assert a.timings_ms == {"end_to_end_ms": 12.5} and a.prompt_tokens == 7 and a.provenance is None
+    assert a.timings_ms == {"end_to_end_ms": 12.5, "processing_ms": 12.5}
+    assert a.prompt_tokens == 7 and a.provenance is None
     assert answer_from_trace_row({**row, "response_status": None, "status": "prompted"}) is None
     dl = answer_from_trace_row({**row, "response_status": None, "status": "dead_letter", "error_class": "bad"})
     assert dl is not None and dl.status == "dead_letter"

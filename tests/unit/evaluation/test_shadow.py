@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from workers.contracts.errors import ConfigError
-from workers.evaluation.shadow import parse_overrides, plan_shadow, trace_table_name, worker_env
+from workers.evaluation.runlog import RunLogEntry
+from workers.evaluation.shadow import attempt, parse_overrides, plan_shadow, trace_table_name, worker_env
 from workers.settings import Settings
 from workers.supervisor import process_env
 
@@ -26,6 +27,7 @@ def test_parse_overrides_validates() -> None:
         "topics.requests=rag.requests",
         "worker.group_id=retriever",
         "monitor.app_id=monitor",
+        "retriever.template=nosuch",
     ):
         with pytest.raises(ConfigError):
             parse_overrides([bad], s)
@@ -60,3 +62,32 @@ def test_plan_shadow_never_points_at_live_topics_or_groups() -> None:
         plan_shadow(s, "bad name")
     with pytest.raises(ConfigError):
         plan_shadow(Settings(topics={"prefix": "rag.eval.x."}), "x")  # type: ignore[arg-type]
+
+
+def test_a_bad_template_fails_when_the_shadow_is_planned_naming_the_templates() -> None:
+    with pytest.raises(ConfigError, match=r"unknown prompt template 'consise'; known: \['concise', 'default'\]"):
+        plan_shadow(Settings(), "r1", ["retriever.template=consise"])
+    assert plan_shadow(Settings(), "r1", ["retriever.template=concise"]).overrides == {
+        "RAG_RETRIEVER__TEMPLATE": "concise"
+    }
+
+
+def _entry(**overrides: str) -> RunLogEntry:
+    return RunLogEntry(kind="shadow_start", run="r1", overrides=overrides)
+
+
+def test_a_used_run_is_refused_with_other_settings_and_continued_with_the_same() -> None:
+    plan = plan_shadow(Settings(), "r1", ["retriever.template=concise"])
+    assert attempt(plan, None, 0) == "fresh"
+    assert attempt(plan, _entry(RAG_RETRIEVER__TEMPLATE="concise"), 22) == "resume"
+    with pytest.raises(ConfigError, match="RAG_RETRIEVER__TEMPLATE=default") as info:
+        attempt(plan, _entry(RAG_RETRIEVER__TEMPLATE="default"), 22)
+    assert "22 prompts and answers would be counted" in str(info.value) and "runs delete r1" in str(info.value)
+    # an earlier attempt that produced nothing (a worker that never started) mixes nothing up
+    assert attempt(plan, _entry(RAG_RETRIEVER__TEMPLATE="default"), 0) == "fresh"
+    assert attempt(plan, _entry(RAG_RETRIEVER__TEMPLATE="concise"), 0) == "resume"
+    with pytest.raises(ConfigError, match="not recorded"):
+        attempt(plan, None, 5)  # answers from a shadow that left no log entry
+    other = plan_shadow(Settings(), "r1")
+    with pytest.raises(ConfigError, match="no overrides"):
+        attempt(other, _entry(RAG_RETRIEVER__TEMPLATE="concise"), 1)
