@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from workers.evaluation.models import (
+    AnswerCitations,
     Compare,
     PairScores,
     ProvenanceCount,
@@ -298,6 +299,17 @@ def provenance_summary(answers: Iterable[Answer]) -> list[ProvenanceCount]:
     return [ProvenanceCount(answers=n, provenance=json.loads(k)) for k, n in c.most_common()]
 
 
+def citation_stats(answers: Iterable[Answer]) -> AnswerCitations:
+    """How the ``ok`` answers cite their passages: the share citing any, the mean groundedness reported."""
+    ok = [a for a in answers if a.status == "ok"]
+    grounded = [a.groundedness for a in ok if a.groundedness is not None]
+    return AnswerCitations(
+        answers=len(ok),
+        cited_share=sum(any(s.cited for s in a.sources) for a in ok) / len(ok) if ok else None,
+        groundedness_mean=sum(grounded) / len(grounded) if grounded else None,
+    )
+
+
 def run_section(run: RunData, ids: Sequence[uuid.UUID], labels: Mapping[str, frozenset[str]] | None) -> RunSection:
     """Per-run metrics of the report over the evaluation set ``ids``."""
     answers = [run.answers[r] for r in ids if r in run.answers]
@@ -317,6 +329,7 @@ def run_section(run: RunData, ids: Sequence[uuid.UUID], labels: Mapping[str, fro
         latency_ms=latency_stats(answers),
         tokens=token_stats(answers),
         retrieval=retrieval_metrics(ids, run.queries, run.answers, labels) if labels else Retrieval(labelled=0),
+        citations=citation_stats(answers),
         provenance=provenance_summary(answers),
     )
 

@@ -329,6 +329,8 @@ def print_report(report: Any) -> None:
         row(f"{k} rate", getattr(b.rates, k), getattr(c.rates, k), 3)
     for k in ("hit@1", "hit@5", "mrr"):
         row(k, b.retrieval.get(k), c.retrieval.get(k), 3)
+    row("answers citing a passage", b.citations.cited_share, c.citations.cited_share, 3)
+    row("groundedness mean", b.citations.groundedness_mean, c.citations.groundedness_mean, 3)
     for stage in ("processing_ms", "end_to_end_ms"):
         eb, ec = b.latency_ms.get(stage), c.latency_ms.get(stage)
         for p in ("p50", "p90", "p99"):

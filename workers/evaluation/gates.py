@@ -31,6 +31,8 @@ GATE_ALIASES = {
     "expiry_rate": "rates.expired",
     "missing_rate": "rates.missing",
     "ok_rate": "rates.ok",
+    "cited_share": "citations.cited_share",
+    "groundedness": "citations.groundedness_mean",
     **{f"hit@{k}": f"retrieval.hit@{k}" for k in HIT_KS},
     **{f"latency.{p}": f"latency_ms.{PROCESSING_STAGE}.{p}" for p in ("p50", "p90", "p99", "mean", "max")},
 }
@@ -51,6 +53,7 @@ def metric_catalog() -> list[str]:
     out += [f"counts.{c}" for c in ("total", "ok", "error", "model_unavailable", "dead_letter", "expired", "missing")]
     out += [f"latency_ms.{s}.{st}" for s in LATENCY_STAGES for st in SUMMARY_STATS]
     out += [f"tokens.{t}.{st}" for t in ("prompt", "completion") for st in (*SUMMARY_STATS, "total")]
+    out += ["citations.answers", "citations.cited_share", "citations.groundedness_mean"]
     out += ["duplicates", "undecodable"]
     out += ["compare.joined", "compare.both_ok", "compare.identical_answers"]
     out += [
@@ -70,7 +73,8 @@ def metric_help() -> str:
         f"latency_ms.<stage>.<stat> (or latency.<stage>.<stat>): stage one of {stages}; "
         f"stat one of {', '.join(SUMMARY_STATS)}\n"
         "retrieval.hit@1, retrieval.hit@5, retrieval.mrr, retrieval.labelled; rates.ok|error|expired|missing; "
-        "counts.<status>; tokens.prompt|completion.<stat>|total; duplicates; undecodable\n"
+        "counts.<status>; tokens.prompt|completion.<stat>|total; citations.answers|cited_share|groundedness_mean; "
+        "duplicates; undecodable\n"
         "compare.answer_similarity|chunk_overlap|document_overlap.<stat>; compare.identical_answers; "
         "compare.joined; compare.both_ok"
     )

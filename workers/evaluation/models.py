@@ -128,6 +128,21 @@ class Retrieval(ReportPart):
         return None
 
 
+class AnswerCitations(ReportPart):
+    """How ``ok`` answers cite their passages (the generator's citations: ``[n]`` markers or attribution).
+
+    Attributes:
+        answers: ``ok`` answers.
+        cited_share: fraction of them citing at least one passage (left out without answers).
+        groundedness_mean: mean share of an answer's content words found in the passages it cites, over the
+            answers that report it (left out when none does).
+    """
+
+    answers: int
+    cited_share: float | None = Field(None, exclude_if=_is_none)
+    groundedness_mean: float | None = Field(None, exclude_if=_is_none)
+
+
 class ProvenanceCount(ReportPart):
     """One distinct provenance of a run's answers.
 
@@ -155,6 +170,7 @@ class RunSection(ReportPart):
         latency_ms: stage → latency summary (ms) over ``ok`` answers, stages in pipeline order.
         tokens: tokens per ``ok`` answer.
         retrieval: hit@k and MRR over the labelled requests.
+        citations: how the ``ok`` answers cite their passages.
         provenance: the distinct provenances, most answers first.
     """
 
@@ -169,6 +185,7 @@ class RunSection(ReportPart):
     latency_ms: dict[str, Summary]
     tokens: TokenStats
     retrieval: Retrieval
+    citations: AnswerCitations = AnswerCitations(answers=0)
     provenance: list[ProvenanceCount]
 
 

@@ -61,6 +61,7 @@ class SourceRef:
     document_id: str
     chunk_id: str
     score: float = 0.0
+    cited: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Answer:
         completion_tokens: generated tokens.
         error_class: error class when the request failed.
         provenance: what produced the answer (``None`` when the source does not record it).
+        groundedness: share of the answer's content words in the passages it cites (``None``: not reported).
     """
 
     request_id: uuid.UUID
@@ -88,6 +90,7 @@ class Answer:
     completion_tokens: int = 0
     error_class: str | None = None
     provenance: Provenance | None = None
+    groundedness: float | None = None
 
 
 @dataclass
@@ -278,12 +281,13 @@ def answer_from_response(resp: Response, shift_ms: float = 0.0) -> Answer:
         request_id=resp.request_id,
         status=resp.status,
         answer=resp.answer,
-        sources=tuple(SourceRef(s.document_id, s.chunk_id, s.score) for s in resp.sources),
+        sources=tuple(SourceRef(s.document_id, s.chunk_id, s.score, s.cited) for s in resp.sources),
         timings_ms=rebase_timings(with_processing(resp.timings_ms), shift_ms),
         prompt_tokens=resp.usage.prompt_tokens,
         completion_tokens=resp.usage.completion_tokens,
         error_class=resp.error.error_class if resp.error is not None else None,
         provenance=resp.provenance,
+        groundedness=resp.groundedness,
     )
 
 

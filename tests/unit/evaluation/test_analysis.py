@@ -184,3 +184,22 @@ def test_compare_runs_joins_by_request_id() -> None:
     no_sim, _ = compare_runs(ids, base, cand, None)
     assert no_sim.answer_similarity == Summary(n=0)
     assert no_sim.as_json()["answer_similarity"] == {"n": 0}
+
+
+def test_citation_stats_count_ok_answers_citing_a_passage_and_their_mean_groundedness() -> None:
+    import uuid
+
+    from workers.evaluation.analysis import citation_stats
+    from workers.evaluation.runs import Answer, SourceRef
+
+    def ans(status: str, cited: bool, grounded: float | None) -> Answer:
+        src = (SourceRef("d", "d#0", 0.9, cited), SourceRef("e", "e#0", 0.8, False))
+        return Answer(uuid.uuid4(), status, "an answer" if status == "ok" else None, src, groundedness=grounded)
+
+    stats = citation_stats(
+        [ans("ok", True, 0.5), ans("ok", False, 0.0), ans("ok", True, None), ans("error", True, 1.0)]
+    )
+    assert stats.answers == 3
+    assert stats.cited_share == 2 / 3
+    assert stats.groundedness_mean == 0.25  # over the two ok answers that report it
+    assert citation_stats([]).as_json() == {"answers": 0}

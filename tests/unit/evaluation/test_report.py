@@ -105,6 +105,7 @@ def test_report_json_keeps_every_key_name_and_order(tmp_path: Path) -> None:
             "latency_ms",
             "tokens",
             "retrieval",
+            "citations",
             "provenance",
         ]
         assert list(sec["counts"]) == ["total", "ok", "error", "model_unavailable", "dead_letter", "expired", "missing"]
