@@ -40,6 +40,7 @@ from workers.adapters.postgres import open_pool
 from workers.adapters.traces import TraceRecorder
 from workers.contracts.errors import ConfigError, RagError, RetryableError, ServiceUnavailableError
 from workers.kafka.admin import topic_partitions
+from workers.kafka.config import check_extra
 from workers.kafka.faust_config import broker_urls, faust_credentials
 from workers.monitor.metrics import MonitorMetrics, build_metrics
 from workers.monitor.sink import MonitorSink, topic_names
@@ -91,9 +92,11 @@ def create_app(
 
     Raises:
         ConfigError: the trace table name is invalid, no bootstrap server is given, or ``kafka.extra`` holds
-            security settings the monitor cannot use (:func:`workers.kafka.faust_config.faust_credentials`).
+            security settings the monitor cannot use (:func:`workers.kafka.faust_config.faust_credentials`) or
+            changes a protected property (:func:`workers.kafka.config.check_extra`).
     """
     mon = settings.monitor
+    check_extra(settings.kafka)
     brokers = broker_urls(settings.kafka.bootstrap_servers)
     if not brokers:
         raise ConfigError("no Kafka bootstrap servers configured (RAG_KAFKA__BOOTSTRAP_SERVERS)")
@@ -106,6 +109,8 @@ def create_app(
     bundle = metrics if metrics is not None else build_metrics(registry)
     names = topic_names(settings)
     sink = MonitorSink(recorder, bundle, names, retry=retry_policies(settings).database)
+    # The user's librdkafka session.timeout.ms (kafka.extra) wins here too, as for the other workers.
+    session_ms = float(settings.kafka.extra.get("session.timeout.ms", settings.kafka.session_timeout_ms))
 
     app = faust.App(
         mon.app_id,
@@ -114,8 +119,8 @@ def create_app(
         value_serializer="raw",
         key_serializer="raw",
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.kafka.session_timeout_ms / 1000.0,
-        broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_ms / 3000.0),
+        broker_session_timeout=session_ms / 1000.0,
+        broker_heartbeat_interval=min(3.0, session_ms / 3000.0),
         topic_partitions=topic_partitions or 12,
         topic_disable_leader=True,
         web_enabled=mon.web_port > 0,
