@@ -25,6 +25,7 @@ GATE_ALIASES = {
     "expiry_rate": "rates.expired",
     "missing_rate": "rates.missing",
     "ok_rate": "rates.ok",
+    "no_context_rate": "rates.no_context",
 }
 
 #: A report section: a model of :mod:`workers.evaluation.models`, or its JSON form.

@@ -281,13 +281,14 @@ def render_html(report: Report) -> str:
     parts.append(
         "<h2>Summary</h2><table><tr><th class='l'>metric</th><th>baseline</th><th>candidate</th><th>Δ</th></tr>"
     )
-    for k in ("total", "ok", "error", "model_unavailable", "dead_letter", "expired", MISSING):
+    for k in ("total", "ok", "error", "model_unavailable", "rejected", "dead_letter", "expired", "no_context", MISSING):
         parts.append(_cmp_row(f"requests {k}", b.counts.get(k), c.counts.get(k), 0))
     for k, rate_b, rate_c in (
         ("ok", b.rates.ok, c.rates.ok),
         ("error", b.rates.error, c.rates.error),
         ("expired", b.rates.expired, c.rates.expired),
         ("missing", b.rates.missing, c.rates.missing),
+        ("no_context", b.rates.no_context, c.rates.no_context),
     ):
         parts.append(_cmp_row(f"rate {k}", rate_b, rate_c))
     for k in ("hit@1", "hit@5", "mrr"):
@@ -354,7 +355,7 @@ def render_html(report: Report) -> str:
                 ("baseline", BASE_COLOR, [b.counts.get(s, 0) for s in statuses]),
                 ("candidate", CAND_COLOR, [c.counts.get(s, 0) for s in statuses]),
             ],
-            "requests by status (error includes model_unavailable, dead letters)",
+            "requests by status (error includes model_unavailable, rejected, dead letters)",
             digits=0,
         )
     )
