@@ -184,12 +184,14 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole Response as JSON.")] = False,
 ) -> None:
     """Send one question through Kafka and print the answer, its sources and stage timings."""
-    from workers.client import RagClient
+    from workers.client import RagClient, build_request
 
     s = _settings()
     filters: dict[str, str | list[str]] = {"document_id": list(document)} if document else {}
+    # checked before connecting: a question over its limits is a one-line error, whether or not a broker is there
+    req = build_request(question, top_k=top_k, filters=filters, max_new_tokens=max_new_tokens)
     with RagClient(s) as client:
-        resp = client.ask(question, timeout_s=timeout, top_k=top_k, filters=filters, max_new_tokens=max_new_tokens)
+        resp = client.ask(req, timeout_s=timeout)
     if as_json:
         console.print_json(resp.model_dump_json())
         return
@@ -202,7 +204,10 @@ def print_response(question: str, resp: object) -> None:
 
     assert isinstance(resp, Response)
     console.rule(f"[bold]{question}")
-    if resp.status != "ok":
+    if resp.status == "no_context":
+        console.print("[yellow]status=no_context[/] (no passage found; the model was not asked):")
+        console.print(resp.answer, markup=False, highlight=False)
+    elif resp.status != "ok":
         console.print(
             f"[red]status={resp.status}[/] {resp.error.error_class if resp.error else ''}: "
             f"{resp.error.message if resp.error else ''}"
@@ -557,9 +562,10 @@ def main() -> None:
     except RagError as exc:
         sys.stderr.write(f"error ({exc.error_class}): {' '.join(str(exc).split())}\n")
         sys.exit(2)
-    except ValidationError as exc:
+    except ValidationError as exc:  # settings from the environment (a request's own limits raise RagError above)
         first = exc.errors()[0]
-        sys.stderr.write(f"error (settings): {'.'.join(str(p) for p in first['loc'])}: {first['msg']}\n")
+        what = "settings" if exc.title == "Settings" else f"invalid {exc.title}"
+        sys.stderr.write(f"error ({what}): {'.'.join(str(p) for p in first['loc'])}: {first['msg']}\n")
         sys.exit(2)
 
 
