@@ -103,6 +103,10 @@ class RetrieverSettings(_Section):
     exact_prompt_tokens: bool = False
     #: Token counts of rendered passages kept in memory (LRU, keyed by a 16-byte hash of the text).
     token_cache_entries: int = 65_536
+    #: The answer (status ``no_context``) to a request whose search finds no passage: no LLM is called for it.
+    no_context_message: str = (
+        "No passage in the indexed documents matches this question and its filters, so no answer was generated."
+    )
 
 
 class LLMSettings(_Section):

@@ -283,6 +283,20 @@ class VectorStore:
             )
             return max(cur.rowcount, 0)
 
+    def filter_fields(self) -> frozenset[str]:
+        """The fields a search filter may name: the columns ``document_id``, ``chunk_id`` and every key of the
+        stored chunks' ``metadata`` (one scan of the table; callers cache it).
+
+        Raises:
+            RetryableError: the database is unavailable.
+            ConfigError: the table does not exist.
+        """
+        with _translate(f"read the metadata keys of {self.table}"), self.pool.connection() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT DISTINCT jsonb_object_keys(metadata) FROM {t}").format(t=self._t)
+            ).fetchall()
+        return frozenset(_COLUMN_FILTERS) | {str(r[0]) for r in rows}
+
     def count(self) -> int:
         """Rows in the table.
 

@@ -115,6 +115,12 @@ class RequestValidationError(PermanentError):
         self.limit = limit
 
 
+class UnknownFilterFieldError(RequestValidationError):
+    """A request filters on a field the chunk index does not have (answered ``rejected``, naming the known ones)."""
+
+    error_class = "unknown_filter_field"
+
+
 class RequestDeliveryError(RetryableError):
     """A client's request could not be delivered to the requests topic (broker away past the timeout)."""
 
