@@ -113,31 +113,45 @@ def ingest(
     ] = False,
     batch_size: Annotated[int, typer.Option(help="Chunks embedded per forward pass.")] = 64,
 ) -> None:
-    """Chunk, embed (all-MiniLM-L6-v2) and upsert documents into the pgvector table; re-ingesting adds nothing."""
+    """Chunk, embed (all-MiniLM-L6-v2) and upsert documents into the pgvector table; re-ingesting adds nothing.
+
+    Each file of a folder is ingested or rejected on its own (another suffix, an encoding neither UTF-8 nor
+    detected, a NUL character, ...); a table at the end names each file; exit status 1 when a file was rejected.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from workers.adapters.embedding import Embedder
     from workers.adapters.pgvector import VectorStore
     from workers.adapters.postgres import open_pool
+    from workers.retriever.ingest import FolderDocuments, python_docs_documents, read_documents, summary_rows
     from workers.retriever.ingest import ingest as run_ingest
-    from workers.retriever.ingest import path_documents, python_docs_documents
 
     if not python_docs and path is None:
         raise typer.BadParameter("give a PATH or --python-docs")
     s = _settings()
+    read = FolderDocuments(python_docs_documents(), []) if python_docs else read_documents(path)  # type: ignore[arg-type]
     pool = open_pool(s.database_url.get_secret_value(), min_size=1, max_size=2, vector=True)
     try:
         embedder = Embedder.from_settings(s.embedding)
         store = VectorStore(pool, table=s.retriever.table, dimension=embedder.dimension)
         store.ensure_schema()
         store.check_dimension()
-        docs = python_docs_documents() if python_docs else path_documents(path)  # type: ignore[arg-type]
-        report = run_ingest(docs, embedder, store, batch_size=batch_size, progress=True)
+        report = run_ingest(read.documents, embedder, store, batch_size=batch_size, progress=True)
+        rows = summary_rows(read, report)
+        if rows:
+            table = Table("file", "result", "encoding", "chunks", "reason / note", title="ingestion, file by file")
+            for row in rows:
+                table.add_row(*row, style="red" if row[1] == "rejected" else None)
+            console.print(table)
+        rejected = sum(1 for row in rows if row[1] == "rejected")
         console.print(
-            f"documents={report.documents} chunks={report.chunks} inserted={report.inserted} "
-            f"skipped={report.skipped} seconds={report.seconds:.1f} table={s.retriever.table} rows={store.count()}"
+            f"documents={report.documents - len(report.failed)} rejected={rejected} hidden_skipped={read.hidden} "
+            f"chunks={report.chunks} inserted={report.inserted} skipped={report.skipped} "
+            f"seconds={report.seconds:.1f} table={s.retriever.table} rows={store.count()}"
         )
     finally:
         pool.close()
+    if rejected:
+        raise typer.Exit(code=1)
 
 
 class Worker(StrEnum):
