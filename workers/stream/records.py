@@ -67,14 +67,6 @@ def error_class_of(error: BaseException) -> str:
     return error.error_class if isinstance(error, RagError) else type(error).__name__
 
 
-@dataclass(frozen=True)
-class ReplyTo:
-    """Whom to answer for a message that failed validation: the request id it names, and its reply topic."""
-
-    request_id: uuid.UUID
-    reply_topic: str | None = None
-
-
 def _uuid(value: object) -> uuid.UUID | None:
     if not isinstance(value, str):
         return None
@@ -84,12 +76,12 @@ def _uuid(value: object) -> uuid.UUID | None:
         return None
 
 
-def readable_reply(incoming: Incoming) -> ReplyTo | None:
-    """The request id (and reply topic) of a message that failed validation, when they can be read.
+def readable_request_id(incoming: Incoming) -> uuid.UUID | None:
+    """The request id of a message that failed validation, when it can be read.
 
     The body's ``request_id`` (a JSON object with a UUID string there) is preferred; else the ``request_id``
-    header; ``reply_topic`` is taken from the body when it is a non-empty string. Nothing is validated beyond that:
-    the caller answers this id with a ``rejected`` Response so a waiting client is not left to its timeout.
+    header. Nothing else of the message is trusted: the caller answers this id with a ``rejected`` Response on the
+    responses topic (not on a reply topic the invalid message names) so a waiting client is not left to its timeout.
 
     Returns:
         ``None`` when neither the body nor the header names a valid UUID.
@@ -101,11 +93,7 @@ def readable_reply(incoming: Incoming) -> ReplyTo | None:
         except (ValueError, UnicodeDecodeError, RecursionError):  # not JSON, not UTF-8, nested past the limit
             body = None
     fields = body if isinstance(body, dict) else {}
-    rid = _uuid(fields.get("request_id")) or _uuid(incoming.headers.get("request_id"))
-    if rid is None:
-        return None
-    reply = fields.get("reply_topic")
-    return ReplyTo(rid, reply if isinstance(reply, str) and reply else None)
+    return _uuid(fields.get("request_id")) or _uuid(incoming.headers.get("request_id"))
 
 
 def dead_letter_of(

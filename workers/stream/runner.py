@@ -8,9 +8,9 @@ runner calls a *chain* of stages for a micro-batch of consumed records and decid
 1. **Decode** each record into the input model (``Request`` or ``Prompt``); a record that does not decode is
    dead-lettered with the reason, if the error hook allows it (:data:`ErrorHook`; raising is the default). When
    its request id can still be read (the body's ``request_id``, else the header), it is also answered at once with
-   a ``rejected`` Response carrying the validation message (and its copy to the body's ``reply_topic``), so a
-   client waiting on that id is not left to its timeout. A rejected answer is not stored: the same bytes are
-   rejected again.
+   a ``rejected`` Response carrying the validation message, on the responses topic only (a reply topic named by
+   an invalid message is not trusted: it may not exist), so a client waiting on that id is not left to its
+   timeout. A rejected answer is not stored: the same bytes are rejected again.
 2. **Effectively-once** (with an answer store): a request id answered before is re-emitted from the store, and a
    copy of a request being answered right now (same request id twice in the topic) waits for that answer; no
    stage runs for either.
@@ -60,12 +60,11 @@ from workers.stream.metrics import RunnerMetrics, build_runner_metrics
 from workers.stream.records import (
     Incoming,
     Output,
-    ReplyTo,
     dead_letter_of,
     dead_letter_output,
     error_class_of,
     output_headers,
-    readable_reply,
+    readable_request_id,
 )
 from workers.stream.results import Failure, Stage, StageResult
 
@@ -215,10 +214,9 @@ class StreamRunner:
                 self.metrics.errors.labels(self.entry, exc.error_class).inc()
                 if not self.on_error(exc, inc, self.entry):
                     raise
-                reply = readable_reply(inc)
-                if reply is not None:
-                    results[i] = self._reject(inc, reply, exc, events)
-                rid = reply.request_id if reply is not None else None
+                rid = readable_request_id(inc)
+                if rid is not None:
+                    results[i] = [self._reject(inc, rid, exc, events)]
                 letter = dead_letter_of(inc, stage=self.entry, error=exc, request_id=rid)
                 results[i].append(dead_letter_output(inc, letter, self.routes.dead_letter))
                 events.append((letter, inc))
@@ -418,11 +416,11 @@ class StreamRunner:
             item.out.append(Output(reply, value, key, headers))
 
     def _reject(
-        self, inc: Incoming, reply: ReplyTo, error: MessageError, events: list[tuple[Event, Incoming]]
-    ) -> list[Output]:
-        """The ``rejected`` answer to a message that failed validation: to the responses topic and the reply topic."""
+        self, inc: Incoming, request_id: uuid.UUID, error: MessageError, events: list[tuple[Event, Incoming]]
+    ) -> Output:
+        """The ``rejected`` answer to a message that failed validation (responses topic only)."""
         resp = Response(
-            request_id=reply.request_id,
+            request_id=request_id,
             created_at=self.clock(),
             status="rejected",
             answer=None,
@@ -431,14 +429,8 @@ class StreamRunner:
         )
         self.metrics.responses.labels(resp.status).inc()
         events.append((resp, inc))
-        value = encode(resp)
-        rid = str(reply.request_id)
-        key = inc.key or rid
-        headers = output_headers(inc, request_id=rid)
-        out = [Output(self.routes.responses, value, key, headers)]
-        if reply.reply_topic and reply.reply_topic != self.routes.responses:
-            out.append(Output(reply.reply_topic, value, key, headers))
-        return out
+        rid = str(request_id)
+        return Output(self.routes.responses, encode(resp), inc.key or rid, output_headers(inc, request_id=rid))
 
     def _fail(self, item: _Item, failure: Failure, stage: str, events: list[tuple[Event, Incoming]]) -> None:
         error_class = error_class_of(failure.error)
