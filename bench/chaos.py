@@ -258,7 +258,7 @@ def malformed_value(kind: str, marker: str, oversize_bytes: int, rng: random.Ran
         head = json.dumps({"schema_version": 1, "request_id": str(uuid.uuid4()), "created_at": now, "query": ""})
         filler_len = max(0, oversize_bytes - len(head) - len(marker) - 1)
         filler = "".join(rng.choices(string.ascii_letters + " ", k=filler_len))
-        return (head[:-2] + json.dumps(marker + " " + filler) + "}").encode()
+        return (head[:-3] + json.dumps(marker + " " + filler) + "}").encode()  # head ends '""}': the query's value
     if kind == "invalid_utf8":
         return b'{"schema_version": 1, "query": "' + marker.encode() + b' caf\xe9 \xff\xfe \xc3\x28"}'
     if kind == "missing_request_id":
