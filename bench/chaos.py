@@ -10,9 +10,9 @@ replicas of each worker (:class:`devstack.pipeline.Pipeline`). A load generator 
 * the broker restarted once (stopped and started again on the same data);
 * the LLM server answering 503 "loading" for 20 s (``POST /admin/faults``);
 * PostgreSQL restarted once;
-* malformed messages injected into the requests topic, 5 kinds (not JSON, wrong schema_version, a missing
-  field, oversized: larger than the workers' ``message.max.bytes`` but within the broker's, invalid UTF-8),
-  each keyed ``bad-<kind>-<n>``.
+* malformed messages injected into the requests topic, 6 kinds (not JSON, wrong schema_version, a missing
+  field, oversized: larger than the workers' ``message.max.bytes`` but within the broker's, invalid UTF-8, a
+  Request without its ``request_id``), each keyed ``bad-<kind>-<n>``.
 
 Then it waits until every request id is answered (or a timeout), reads the responses and dead-letter topics
 from the beginning and checks every request id against what came out. It prints a table and exits 1 when a
@@ -25,7 +25,9 @@ check fails:
   re-emitted stored answer keeps the stored one) whose generation started after a final answer (ok, error,
   expired) of the same request id was produced — must be 0;
 * every malformed message in the dead-letter topic (matched by key and raw bytes) with its error class and
-  message.
+  message;
+* every malformed message whose body names a request id answered ``rejected`` on the responses topic (a client
+  waiting on that id is not left to its timeout).
 
 Statuses other than ``ok`` are answers (``model_unavailable`` during the 503 window); they are counted by
 status. ``--quick`` is a short run (200 requests, one kill per worker type).
@@ -58,7 +60,7 @@ import httpx
 from devstack.pipeline import Pipeline, WorkerProcess
 from devstack.stack import REPO_ROOT, Stack, StackConfig
 from workers.client import RagClient
-from workers.contracts.messages import DeadLetter, GenerationParams, Request, Response
+from workers.contracts.messages import FINAL_STATUSES, DeadLetter, GenerationParams, Request, Response
 from workers.contracts.serde import decode
 from workers.contracts.topics import load_topics
 from workers.evaluation.dlq import DeadLetterRecord, read_dead_letters
@@ -72,10 +74,10 @@ log = logging.getLogger("bench.chaos")
 
 CHAOS_HOME = REPO_ROOT / ".devstack" / "chaos"
 QUESTIONS = REPO_ROOT.parent / "shared" / "data" / "questions_public.jsonl"
-#: The five kinds of malformed messages injected into the requests topic.
-MALFORMED_KINDS = ("not_json", "wrong_schema_version", "missing_field", "oversized", "invalid_utf8")
-#: Statuses that end a request for good (the generator's answer store keeps them).
-FINAL_STATUSES = frozenset({"ok", "error", "expired"})
+#: The six kinds of malformed messages injected into the requests topic.
+MALFORMED_KINDS = (
+    "not_json", "wrong_schema_version", "missing_field", "oversized", "invalid_utf8", "missing_request_id",
+)  # fmt: skip
 #: A later generation must start this long (s) after a final answer to count as "LLM call for an answered
 #: request"; closer ones are concurrent duplicates (both replicas looked the id up before either stored it).
 RACE_SLACK_S = 0.5
@@ -100,7 +102,7 @@ class ChaosOptions:
         rate: requests per second (steady).
         kills: SIGKILLs per worker type during the load.
         replicas: worker processes per worker type.
-        malformed_per_kind: malformed messages of each of the five kinds (≥ 10 gives ≥ 50 in all).
+        malformed_per_kind: malformed messages of each of the six kinds (≥ 10 gives ≥ 60 in all).
         oversize_bytes: size of an "oversized" message (bytes): above the workers' ``message.max.bytes``
             (4 MiB) and below the broker's (8 MiB).
         llm_outage_s: seconds the LLM server answers 503 "loading".
@@ -239,7 +241,8 @@ def malformed_value(kind: str, marker: str, oversize_bytes: int, rng: random.Ran
     """A malformed requests-topic value of one kind, carrying ``marker`` in its text.
 
     Kinds: ``not_json``, ``wrong_schema_version`` (a Request with ``schema_version`` 2), ``missing_field`` (no
-    ``query``), ``oversized`` (a Request-shaped JSON of ``oversize_bytes`` bytes), ``invalid_utf8``.
+    ``query``), ``oversized`` (a Request-shaped JSON of ``oversize_bytes`` bytes), ``invalid_utf8``,
+    ``missing_request_id`` (a valid Request but for its ``request_id``, and no ``request_id`` header either).
     """
     now = datetime.now(UTC).isoformat()
     if kind == "not_json":
@@ -255,9 +258,11 @@ def malformed_value(kind: str, marker: str, oversize_bytes: int, rng: random.Ran
         head = json.dumps({"schema_version": 1, "request_id": str(uuid.uuid4()), "created_at": now, "query": ""})
         filler_len = max(0, oversize_bytes - len(head) - len(marker) - 1)
         filler = "".join(rng.choices(string.ascii_letters + " ", k=filler_len))
-        return (head[:-2] + json.dumps(marker + " " + filler) + "}").encode()
+        return (head[:-3] + json.dumps(marker + " " + filler) + "}").encode()  # head ends '""}': the query's value
     if kind == "invalid_utf8":
         return b'{"schema_version": 1, "query": "' + marker.encode() + b' caf\xe9 \xff\xfe \xc3\x28"}'
+    if kind == "missing_request_id":
+        return json.dumps({"schema_version": 1, "created_at": now, "query": f"What does pass do? ({marker})"}).encode()
     raise ValueError(f"unknown malformed kind {kind!r}")
 
 
@@ -738,18 +743,27 @@ class ChaosRun:
             Check("generated again after model_unavailable", str(after_unavailable), "info"),
             Check("undecodable messages on the responses topic", str(bad_responses), "0", bad_responses == 0),
         ]
-        for status in ("ok", "model_unavailable", "error", "expired"):
+        for status in ("ok", "model_unavailable", "error", "expired", "rejected", "no_context"):
             checks.append(Check(f"status {status}", str(statuses.get(status, 0)), "info"))
         total_bad = len(self.injected)
-        checks.append(
-            Check("malformed injected", str(total_bad), f">= {5 * self.opts.malformed_per_kind}", total_bad >= 50)
-        )
+        want_bad = len(MALFORMED_KINDS) * self.opts.malformed_per_kind
+        checks.append(Check("malformed injected", str(total_bad), f">= {want_bad}", total_bad >= want_bad))
         for kind in MALFORMED_KINDS:
             n_ok, n_sent = per_kind_ok.get(kind, 0), per_kind_sent.get(kind, 0)
             why = ",".join(sorted(reasons[kind])) or "-"
             checks.append(
                 Check(f"  {kind} in dead letters with reason ({why})", f"{n_ok}/{n_sent}", f"{n_sent}", n_ok == n_sent)
             )
+        named = [rid for rid in (_body_request_id(raw) for _kind, raw in self.injected.values()) if rid is not None]
+        rejected = sum(1 for rid in named if any(r.status == "rejected" for _, r in by_id.get(rid, [])))
+        checks.append(
+            Check(
+                "  of them with a request id in the body, answered rejected",
+                f"{rejected}/{len(named)}",
+                str(len(named)),
+                rejected == len(named),
+            )
+        )
         checks.append(
             Check("monitor trace rows with a response", str(monitor_rows), str(len(self.answers)), None),
         )
@@ -792,6 +806,15 @@ class ChaosRun:
         if unclean:
             events.append(f"exit codes: {unclean}")
         return ChaosReport(checks=checks, events=events, statuses=dict(statuses), seconds=seconds)
+
+
+def _body_request_id(raw: bytes) -> uuid.UUID | None:
+    """The request id a malformed value's JSON names (``None``: not JSON, or no valid UUID there)."""
+    try:
+        body = json.loads(raw)
+        return uuid.UUID(body["request_id"]) if isinstance(body, dict) and "request_id" in body else None
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
 
 
 def _b64(value: str | None) -> bytes | None:

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from devstack.pipeline import Pipeline
 from devstack.stack import REPO_ROOT, Stack, StackConfig
+from workers.ports import resolve_port
 
 console = Console()
 DEFAULT_QUESTIONS = REPO_ROOT.parent / "shared" / "data" / "questions_public.jsonl"
@@ -68,7 +69,8 @@ def main(
     )
     console.rule("[bold]1. local stack")
     stack.up()
-    env = stack.env()
+    # the demo's monitor gets a free metrics port: another monitor on this host (9108) must not end the demo
+    env = {**stack.env(), "RAG_MONITOR__METRICS_PORT": str(resolve_port("auto", setting="RAG_MONITOR__METRICS_PORT"))}
     for k, v in env.items():
         console.print(f"  {k}={v}")
     run_env = {**os.environ, **env}

@@ -124,32 +124,53 @@ def ingest(
     ] = False,
     batch_size: Annotated[int, typer.Option(help="Chunks embedded per forward pass.")] = 64,
 ) -> None:
-    """Chunk, embed (all-MiniLM-L6-v2) and upsert documents into the pgvector table; re-ingesting adds nothing."""
+    """Chunk, embed (all-MiniLM-L6-v2) and upsert documents into the pgvector table; re-ingesting adds nothing.
+
+    Each file of a folder is ingested or rejected on its own (another suffix, an encoding neither UTF-8 nor
+    detected, a NUL character, ...); a table at the end names each file; exit status 1 when a file was rejected.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from workers.adapters.embedding import Embedder
     from workers.adapters.pgvector import VectorStore
     from workers.adapters.postgres import open_pool
-    from workers.retriever.ingest import file_title, path_documents, pydoc_title, python_docs_documents
+    from workers.retriever.ingest import (
+        FolderDocuments,
+        file_title,
+        pydoc_title,
+        python_docs_documents,
+        read_documents,
+        summary_rows,
+    )
     from workers.retriever.ingest import ingest as run_ingest
 
     if not python_docs and path is None:
         raise typer.BadParameter("give a PATH or --python-docs")
     s = _settings()
+    read = FolderDocuments(python_docs_documents(), []) if python_docs else read_documents(path)  # type: ignore[arg-type]
     pool = open_pool(s.database_url.get_secret_value(), min_size=1, max_size=2, vector=True)
     try:
         embedder = Embedder.from_settings(s.embedding)
         store = VectorStore.from_settings(pool, s.retriever, embedder.dimension)
         store.ensure_schema()
         store.check_dimension()
-        docs = python_docs_documents() if python_docs else path_documents(path)  # type: ignore[arg-type]
         titles = pydoc_title if python_docs else file_title
-        report = run_ingest(docs, embedder, store, batch_size=batch_size, progress=True, titles=titles)
+        report = run_ingest(read.documents, embedder, store, batch_size=batch_size, progress=True, titles=titles)
+        rows = summary_rows(read, report)
+        if rows:
+            table = Table("file", "result", "encoding", "chunks", "reason / note", title="ingestion, file by file")
+            for row in rows:
+                table.add_row(*row, style="red" if row[1] == "rejected" else None)
+            console.print(table)
+        rejected = sum(1 for row in rows if row[1] == "rejected")
         console.print(
-            f"documents={report.documents} chunks={report.chunks} inserted={report.inserted} "
-            f"skipped={report.skipped} seconds={report.seconds:.1f} table={s.retriever.table} rows={store.count()}"
+            f"documents={report.documents - len(report.failed)} rejected={rejected} hidden_skipped={read.hidden} "
+            f"chunks={report.chunks} inserted={report.inserted} skipped={report.skipped} "
+            f"seconds={report.seconds:.1f} table={s.retriever.table} rows={store.count()}"
         )
     finally:
         pool.close()
+    if rejected:
+        raise typer.Exit(code=1)
 
 
 class Worker(StrEnum):
@@ -220,12 +241,14 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole Response as JSON.")] = False,
 ) -> None:
     """Send one question through Kafka and print the answer, its sources and stage timings."""
-    from workers.client import RagClient
+    from workers.client import RagClient, build_request
 
     s = _settings()
     filters: dict[str, str | list[str]] = {"document_id": list(document)} if document else {}
+    # checked before connecting: a question over its limits is a one-line error, whether or not a broker is there
+    req = build_request(question, top_k=top_k, filters=filters, max_new_tokens=max_new_tokens)
     with RagClient(s) as client:
-        resp = client.ask(question, timeout_s=timeout, top_k=top_k, filters=filters, max_new_tokens=max_new_tokens)
+        resp = client.ask(req, timeout_s=timeout)
     if as_json:
         console.print_json(resp.model_dump_json())
         return
@@ -238,7 +261,10 @@ def print_response(question: str, resp: object) -> None:
 
     assert isinstance(resp, Response)
     console.rule(f"[bold]{question}")
-    if resp.status != "ok":
+    if resp.status == "no_context":
+        console.print("[yellow]status=no_context[/] (no passage found; the model was not asked):")
+        console.print(resp.answer, markup=False, highlight=False)
+    elif resp.status != "ok":
         console.print(
             f"[red]status={resp.status}[/] {resp.error.error_class if resp.error else ''}: "
             f"{resp.error.message if resp.error else ''}"
@@ -285,9 +311,10 @@ def main() -> None:
     except RagError as exc:
         sys.stderr.write(error_text(exc) + "\n")
         sys.exit(2)
-    except ValidationError as exc:
+    except ValidationError as exc:  # settings from the environment (a request's own limits raise RagError above)
         first = exc.errors()[0]
-        sys.stderr.write(f"error (settings): {'.'.join(str(p) for p in first['loc'])}: {first['msg']}\n")
+        what = "settings" if exc.title == "Settings" else f"invalid {exc.title}"
+        sys.stderr.write(f"error ({what}): {'.'.join(str(p) for p in first['loc'])}: {first['msg']}\n")
         sys.exit(2)
 
 

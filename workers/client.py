@@ -25,8 +25,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
+from pydantic import ValidationError
 
-from workers.contracts.errors import ConfigError, MessageError, RequestDeliveryError, RequestTimeoutError
+from workers.contracts.errors import (
+    ConfigError,
+    MessageError,
+    RequestDeliveryError,
+    RequestTimeoutError,
+    RequestValidationError,
+)
 from workers.contracts.messages import GenerationParams, Request, Response
 from workers.contracts.serde import decode, encode
 from workers.kafka.admin import check_broker
@@ -35,6 +42,57 @@ from workers.kafka.reader import assign_at, consume_available, reader
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: pydantic error context keys that hold the limit a value broke.
+_LIMIT_KEYS = ("max_length", "min_length", "le", "lt", "ge", "gt")
+
+
+def _too_long(value: object) -> str:
+    return f", got {len(value)}" if isinstance(value, str | list | dict) else ""
+
+
+def build_request(
+    query: str,
+    *,
+    top_k: int | None = None,
+    filters: dict[str, str | list[str]] | None = None,
+    max_new_tokens: int | None = None,
+    deadline_s: float | None = None,
+    **generation: Any,
+) -> Request:
+    """Build a Request (a fresh request id; deadline given in seconds from now), checked against its limits.
+
+    Args:
+        query: the question (1 to 20,000 characters).
+        top_k: passages to retrieve (1-100; ``None``: the retriever's default).
+        filters: metadata filters, e.g. ``{"document_id": ["with", "try"]}``.
+        max_new_tokens: upper bound of generated tokens (1-32,768).
+        deadline_s: seconds from now after which the request is answered ``expired``.
+        **generation: further :class:`GenerationParams` (temperature, top_p, seed, stop).
+
+    Raises:
+        RequestValidationError: a value outside its limits; names the field and the limit (e.g. ``query: String
+            should have at most 20000 characters (limit 20000, got 2000000)``).
+    """
+    try:
+        params: dict[str, Any] = dict(generation)
+        if max_new_tokens:
+            params["max_new_tokens"] = max_new_tokens
+        gen = GenerationParams.model_validate(params)
+        deadline = datetime.now(UTC) + timedelta(seconds=deadline_s) if deadline_s else None
+        return Request(query=query, top_k=top_k, filters=filters or {}, generation=gen, deadline=deadline)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        if exc.title == "GenerationParams":
+            where = f"generation.{where}"
+        ctx = first.get("ctx") or {}
+        limit = next((ctx[k] for k in _LIMIT_KEYS if k in ctx), None)
+        detail = f" (limit {limit}{_too_long(first.get('input'))})" if limit is not None else ""
+        more = f"; {exc.error_count() - 1} more" if exc.error_count() > 1 else ""
+        raise RequestValidationError(
+            f"invalid request: {where}: {first['msg']}{detail}{more}", field=where, limit=limit
+        ) from None
 
 
 class RagClient:
@@ -150,13 +208,14 @@ class RagClient:
         deadline_s: float | None = None,
         **generation: Any,
     ) -> Request:
-        """Build a Request (deadline given in seconds from now)."""
-        params: dict[str, Any] = dict(generation)
-        if max_new_tokens:
-            params["max_new_tokens"] = max_new_tokens
-        gen = GenerationParams.model_validate(params)
-        deadline = datetime.now(UTC) + timedelta(seconds=deadline_s) if deadline_s else None
-        return Request(query=query, top_k=top_k, filters=filters or {}, generation=gen, deadline=deadline)
+        """Build a Request (deadline given in seconds from now); see :func:`build_request`.
+
+        Raises:
+            RequestValidationError: a value outside its limits (names the field and the limit).
+        """
+        return build_request(
+            query, top_k=top_k, filters=filters, max_new_tokens=max_new_tokens, deadline_s=deadline_s, **generation
+        )
 
     def ask(self, query: str | Request, timeout_s: float = 60.0, **kwargs: Any) -> Response:
         """Send one question and block until its Response arrives.
@@ -167,6 +226,7 @@ class RagClient:
             **kwargs: passed to :meth:`make_request` (top_k, filters, max_new_tokens, deadline_s, ...).
 
         Raises:
+            RequestValidationError: the question or an option is outside its limits (nothing is sent).
             RequestTimeoutError: no Response for the request id within ``timeout_s``.
         """
         req = query if isinstance(query, Request) else self.make_request(query, **kwargs)
@@ -185,6 +245,7 @@ class RagClient:
         """Async form of :meth:`ask`; many may run concurrently.
 
         Raises:
+            RequestValidationError: the question or an option is outside its limits (nothing is sent).
             RequestTimeoutError: no Response for the request id within ``timeout_s``.
         """
         req = query if isinstance(query, Request) else self.make_request(query, **kwargs)

@@ -63,8 +63,9 @@ class WorkerSettings(_Section):
     batch_max: int = 32
     #: Seconds allowed on SIGTERM to finish in-flight work, flush and commit.
     shutdown_timeout_s: float = 30.0
-    #: Port of the worker's Prometheus ``/metrics`` HTTP server (0 = none).
-    metrics_port: int = 0
+    #: Port of the worker's Prometheus ``/metrics`` HTTP server (0 = none; "auto" = a free port the system picks,
+    #: logged). Bound first thing at start-up: a port in use is a one-line error before the model loads.
+    metrics_port: int | Literal["auto"] = 0
 
 
 class EmbeddingSettings(_Section):
@@ -116,6 +117,10 @@ class RetrieverSettings(_Section):
     exact_prompt_tokens: bool = False
     #: Token counts of rendered passages kept in memory (LRU, keyed by a 16-byte hash of the text).
     token_cache_entries: int = 65_536
+    #: The answer (status ``no_context``) to a request whose search finds no passage: no LLM is called for it.
+    no_context_message: str = (
+        "No passage in the indexed documents matches this question and its filters, so no answer was generated."
+    )
 
 
 class LLMSettings(_Section):
@@ -178,12 +183,22 @@ class GeneratorSettings(_Section):
 
 
 class MonitorSettings(_Section):
-    """The faust monitor app."""
+    """The faust monitor app.
+
+    Several monitors on one host (replicas, a second stack) need their own ports: ``"auto"`` for the metrics port
+    (a free one the system picks, logged), or a port per replica; faust's own web server is off by default.
+    """
 
     app_id: str = "monitor"
-    metrics_port: int = 9108
+    #: Prometheus ``/metrics`` port (0 = none, "auto" = a free port the system picks). Checked before connecting:
+    #: a port in use is a one-line error.
+    metrics_port: int | Literal["auto"] = 9108
     table: str = "rag_traces"
-    web_port: int = 6066
+    #: faust's web server (its own views; the metrics are on ``metrics_port``): 0 = off (default), a port, or "auto".
+    web_port: int | Literal["auto"] = 0
+    #: Seconds the monitor keeps trying to reach the broker (at start and while running, backoff up to 10 s)
+    #: before it exits (status 2), so it rides through a broker restart.
+    broker_wait_s: float = Field(300.0, ge=0.0)
 
 
 class MonolithSettings(_Section):

@@ -3,7 +3,7 @@
 It runs on a stack of its own (``.devstack/chaos-test``, ports 39192/35532/38180, simulated LLM engine): the
 broker and PostgreSQL restarts would disturb the other tests' shared stack. 60 requests at 3/s; one SIGKILL
 per worker type; broker and PostgreSQL restarted once; the LLM server answering 503 for 8 s; 50 malformed
-messages of five kinds. About 2–3 minutes. ``RAG_TEST_KEEP_STACK=1`` leaves its stack running for the next
+messages of six kinds. About 2–3 minutes. ``RAG_TEST_KEEP_STACK=1`` leaves its stack running for the next
 session.
 """
 

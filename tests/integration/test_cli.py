@@ -48,3 +48,21 @@ def test_schema_writes_four_json_schemas(tmp_path: object) -> None:
 
     names = sorted(p.name for p in pathlib.Path(str(tmp_path)).iterdir())
     assert names == ["dead_letter.schema.json", "prompt.schema.json", "request.schema.json", "response.schema.json"]
+
+
+def test_ask_with_a_question_over_the_limit_is_a_one_line_request_error() -> None:
+    """Issue 14 #7: request validation says what it is (not ``error (settings)``), before any connection."""
+    out = _run(["ask", "q" * 30_000], RAG_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1")
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    assert lines == [
+        "error (invalid_request): invalid request: query: String should have at most 20000 characters "
+        "(limit 20000, got 30000)"
+    ], out.stderr
+    out = _run(["ask", "q", "--top-k", "0"], RAG_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1")
+    assert out.returncode == 2 and out.stderr.startswith("error (invalid_request): invalid request: top_k:")
+
+
+def test_a_bad_setting_is_still_reported_as_settings() -> None:
+    out = _run(["ask", "q"], RAG_WORKER__BATCH_MAX="many")
+    assert out.returncode == 2 and out.stderr.startswith("error (settings): worker.batch_max:"), out.stderr

@@ -115,3 +115,44 @@ def test_prompt_fits_the_stack_llm_server(stack, embedder: Embedder) -> None:  #
     server_prompt_tokens = resp.json()["usage"]["prompt_tokens"]
     assert server_prompt_tokens <= built.prompt_tokens
     print(f"\nprompt tokens: counted {built.prompt_tokens}, server {server_prompt_tokens}")
+
+
+def test_cli_ingests_a_mixed_folder_file_by_file_and_exits_1_when_one_is_rejected(
+    stack,  # type: ignore[no-untyped-def]  # stack: conftest
+    unique: str,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Issue 14 #6: a NUL byte, a Latin-1 file and an image in one folder; the good files are ingested."""
+    import os
+    import subprocess
+    import sys
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "pass.txt").write_text("The pass statement is a null operation; nothing happens.", encoding="utf-8")
+    (docs / "cafe.txt").write_bytes("Le café était fermé; Hélène est rentrée à pied.".encode("latin-1"))
+    (docs / "broken.txt").write_bytes(b"half a text\x00 then binary")
+    (docs / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+    table = f"mixed_{unique}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    env.update({"RAG_DATABASE_URL": stack.database_url, "RAG_RETRIEVER__TABLE": table, "COLUMNS": "200"})
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "ingest", str(docs)], env=env, capture_output=True, text=True, timeout=300
+    )
+    pool: ConnectionPool = open_pool(stack.database_url, min_size=1, max_size=1, vector=True)
+    try:
+        with pool.connection() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT document_id, text FROM {} ORDER BY document_id").format(sql.Identifier(table))
+            ).fetchall()
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+    finally:
+        pool.close()
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert [r[0] for r in rows] == ["cafe.txt", "pass.txt"]
+    assert "café" in rows[0][1] and "\ufffd" not in rows[0][1]
+    lines = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") >= 5}
+    assert "ingested" in lines["pass.txt"] and "ingested" in lines["cafe.txt"] and "cp1252" in lines["cafe.txt"]
+    assert "rejected" in lines["broken.txt"] and "NUL" in lines["broken.txt"]
+    assert "rejected" in lines["photo.jpg"] and "not a text document (.jpg)" in lines["photo.jpg"]
+    assert "documents=2 rejected=2" in out.stdout

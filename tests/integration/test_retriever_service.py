@@ -96,3 +96,56 @@ def test_huge_first_ranked_passage_is_capped_then_too_large_output_is_dead_lette
         with pool.connection() as conn:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
         pool.close()
+
+
+def test_unknown_filter_field_is_rejected_and_an_empty_search_answers_no_context_without_the_llm(
+    stack: Any, sim_llm: Any, embedder: Embedder, unique: str
+) -> None:
+    """Issue 14 #5, in the monolith's chain (retriever → generator in memory) on the simulated LLM server: a
+    filter on a field the index lacks is answered ``rejected`` naming the field and the known ones; a search that
+    finds nothing is answered ``no_context`` with the configured message; neither calls the LLM."""
+    from workers.generator.app import build_runner as build_chain
+    from workers.generator.stage import GeneratorStage
+
+    table = f"filt_{unique}"
+    pool = open_pool(stack.database_url, max_size=2, vector=True)
+    server = LLMServerClient(LLMSettings(url=sim_llm.url))
+    try:
+        store = VectorStore(pool, table=table, dimension=embedder.dimension)
+        store.ensure_schema(embedder.model_name)
+        docs = [
+            ("assert", "Assert statements are a convenient way to insert debugging assertions into a program."),
+            ("pass", "pass is a null operation: when it is executed, nothing happens."),
+        ]
+        vecs = embedder.encode([t for _, t in docs]).vectors
+        store.upsert(
+            [
+                ChunkRow(f"{d}#0", d, 0, t, content_hash(t), 20, v, metadata={"source": "pydoc"})
+                for (d, t), v in zip(docs, vecs, strict=True)
+            ]
+        )
+        assert store.filter_fields() == frozenset({"chunk_id", "document_id", "source"})
+        settings = Settings(retriever=RetrieverSettings(table=table, top_k=2, no_context_message="Nothing found."))
+        limits = server.fetch_info()
+        stage = RetrieverStage(settings.retriever, embedder, store, server, limits)
+        chain = build_chain(settings, [stage, GeneratorStage(server)], None, CollectorRegistry(), input_model=Request)
+        unknown = Request(query=QUERY, filters={"no_such_field": "x"})
+        empty = Request(query=QUERY, filters={"document_id": "no-such-document"})
+        fine = Request(query=QUERY, filters={"source": "pydoc"}, generation={"max_new_tokens": 4})
+        outs = asyncio.run(chain.handle([_incoming(r, i) for i, r in enumerate((unknown, empty, fine))]))
+        assert [[o.topic for o in out] for out in outs] == [[settings.topics.name("responses")]] * 3  # no dead letter
+        rejected, no_context, answered = (decode(out[0].value, Response) for out in outs)
+        assert rejected.request_id == unknown.request_id and rejected.status == "rejected"
+        assert rejected.error is not None and rejected.error.error_class == "unknown_filter_field"
+        assert "'no_such_field'" in rejected.error.message
+        assert "known fields: chunk_id, document_id, source" in rejected.error.message
+        assert no_context.request_id == empty.request_id and no_context.status == "no_context"
+        assert no_context.answer == "Nothing found." and no_context.sources == [] and no_context.attempts == 0
+        assert no_context.provenance is not None and no_context.provenance.index_name == table
+        assert answered.status == "ok" and {s.document_id for s in answered.sources} == {"assert", "pass"}
+        assert sim_llm.stats()["requests_seen"] == 1  # only the request that found passages reached the LLM
+    finally:
+        asyncio.run(server.close())
+        with pool.connection() as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        pool.close()

@@ -10,8 +10,9 @@ it after each restart; a primary-key lookup in the PostgreSQL that the stack alr
 (well under a millisecond here) and needs no warm-up. Rows are small (the Response JSON) and can be expired by
 age (``delete_older_than``).
 
-Only final answers are stored: ``ok``, permanent ``error`` and ``expired``. A ``model_unavailable`` answer is
-not stored, so a later redelivery (e.g. a replay once the server is back) tries again.
+Only final answers are stored (:data:`~workers.contracts.messages.FINAL_STATUSES`: ``ok``, permanent ``error``,
+``expired``, ``rejected`` and ``no_context``). A ``model_unavailable`` answer is not stored, so a later redelivery
+(e.g. a replay once the server is back) tries again.
 """
 
 from __future__ import annotations
@@ -25,13 +26,10 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from workers.contracts.errors import RetryableError
-from workers.contracts.messages import Response
+from workers.contracts.messages import FINAL_STATUSES, Response
 from workers.contracts.serde import encode
 
 log = logging.getLogger(__name__)
-
-#: Statuses that end a request for good and are kept in the store.
-FINAL_STATUSES = frozenset({"ok", "error", "expired"})
 
 
 class PgAnswerStore:

@@ -132,6 +132,16 @@ class ChunkSearch(Protocol):
         """Rows (chunks) in the index."""
         ...
 
+    def filter_fields(self) -> frozenset[str]:
+        """The fields a filter may name: ``document_id``, ``chunk_id`` and every metadata key in the index.
+
+        Blocking (call it in a thread).
+
+        Raises:
+            RetryableError: the database is briefly unavailable.
+        """
+        ...
+
 
 # --------------------------------------------------------------------------- tokens
 

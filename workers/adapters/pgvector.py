@@ -39,7 +39,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from workers.adapters.interfaces import ChunkRow, Hit
 from workers.adapters.postgres import first_line
-from workers.adapters.search_sql import Mode, filters_clause, statement
+from workers.adapters.search_sql import COLUMN_FILTERS, Mode, filters_clause, statement
 from workers.contracts.errors import (
     ConfigError,
     DimensionMismatchError,
@@ -341,6 +341,20 @@ class VectorStore:
                 sql.SQL("DELETE FROM {t} WHERE document_id = ANY(%s)").format(t=self._t), (list(document_ids),)
             )
             return max(cur.rowcount, 0)
+
+    def filter_fields(self) -> frozenset[str]:
+        """The fields a search filter may name: the columns ``document_id``, ``chunk_id`` and every key of the
+        stored chunks' ``metadata`` (one scan of the table; callers cache it).
+
+        Raises:
+            RetryableError: the database is unavailable.
+            ConfigError: the table does not exist.
+        """
+        with _translate(f"read the metadata keys of {self.table}"), self.pool.connection() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT DISTINCT jsonb_object_keys(metadata) FROM {t}").format(t=self._t)
+            ).fetchall()
+        return frozenset(COLUMN_FILTERS) | {str(r[0]) for r in rows}
 
     def count(self) -> int:
         """Rows in the table.

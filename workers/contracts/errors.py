@@ -99,6 +99,28 @@ class LLMStreamError(GenerationError, PermanentError):
     error_class = "llm_stream_error"
 
 
+class RequestValidationError(PermanentError):
+    """A request a client builds breaks the Request contract: a field outside its limits (``RagClient.ask``).
+
+    Attributes:
+        field: the first offending field (dotted path, e.g. ``query`` or ``generation.max_new_tokens``).
+        limit: the limit it broke (e.g. 20000 for the query's ``max_length``), ``None`` when it has none.
+    """
+
+    error_class = "invalid_request"
+
+    def __init__(self, message: str, *, field: str = "", limit: object = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.limit = limit
+
+
+class UnknownFilterFieldError(RequestValidationError):
+    """A request filters on a field the chunk index does not have (answered ``rejected``, naming the known ones)."""
+
+    error_class = "unknown_filter_field"
+
+
 class RequestDeliveryError(RetryableError):
     """A client's request could not be delivered to the requests topic (broker away past the timeout)."""
 

@@ -1,6 +1,9 @@
 """Wire models of the four message kinds (DESIGN.md §4), validated when a message enters a stage.
 
-Every message is JSON with ``schema_version``, ``request_id`` (UUID) and ``created_at`` (UTC). Headers
+Every message is JSON with ``schema_version``, ``request_id`` (UUID) and ``created_at`` (UTC). A Request built in
+Python gets a fresh request id when none is given, but one read from the wire must carry its own (validation
+context :data:`WIRE_CONTEXT`, passed by :func:`workers.contracts.serde.decode`): a request id invented by each
+reader would answer under an id nobody asked with and break effectively-once. Headers
 (``request_id``, ``traceparent``, ``deadline``) are written by ``workers/kafka.py``; serialization lives
 in :mod:`workers.contracts.serde`, not here. ``ragstream schema`` writes the JSON Schemas of these models.
 
@@ -12,12 +15,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 #: Version of the wire format written by this code; readers reject other versions (dead letter).
 SCHEMA_VERSION = 1
+#: Validation context of a message read from the wire (:func:`workers.contracts.serde.decode` passes it): a
+#: Request (also the one inside a Prompt) must then carry its ``request_id``.
+WIRE_CONTEXT: dict[str, Any] = {"wire": True}
 
 
 def utcnow() -> datetime:
@@ -41,8 +47,25 @@ class GenerationParams(_Wire):
     stop: list[str] = Field(default_factory=list, max_length=8)
 
 
+#: Marks a Request read from the wire without a ``request_id`` (see ``Request._request_id_on_the_wire``).
+_MISSING_ON_THE_WIRE = object()
+
+
+def _request_id_required(schema: dict[str, Any]) -> None:
+    """The JSON Schema of a Request lists ``request_id`` as required: it is on the wire."""
+    required = schema.setdefault("required", [])
+    if "request_id" not in required:
+        required.insert(0, "request_id")
+
+
 class Request(_Wire):
-    """A user's question, produced by a client to the requests topic."""
+    """A user's question, produced by a client to the requests topic.
+
+    ``request_id`` is required on the wire (a message without one is dead-lettered with the reason); built in
+    Python, a Request gets a fresh UUID when none is given.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_request_id_required)
 
     schema_version: Literal[1] = 1
     request_id: uuid.UUID = Field(default_factory=uuid.uuid4)
@@ -55,6 +78,23 @@ class Request(_Wire):
     deadline: datetime | None = None
     reply_topic: str | None = None
     session_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _request_id_on_the_wire(cls, data: Any, info: ValidationInfo) -> Any:
+        # On the wire a missing request_id is marked, so that the field's check below reports it among the other
+        # errors (loc "request_id") instead of the default factory inventing one.
+        wire = isinstance(info.context, dict) and bool(info.context.get("wire"))
+        if wire and isinstance(data, dict) and data.get("request_id") is None:
+            return {**data, "request_id": _MISSING_ON_THE_WIRE}
+        return data
+
+    @field_validator("request_id", mode="before")
+    @classmethod
+    def _request_id_given(cls, v: Any) -> Any:
+        if v is _MISSING_ON_THE_WIRE:
+            raise ValueError("missing: a request on the wire must carry its own request id (UUID)")
+        return v
 
     @field_validator("created_at", "deadline")
     @classmethod
@@ -162,7 +202,20 @@ class ErrorInfo(_Wire):
     stage: str
 
 
-ResponseStatus = Literal["ok", "error", "expired", "model_unavailable"]
+#: What a Response says about its request:
+#:
+#: * ``ok``: the answer;
+#: * ``no_context``: the search found no passage (the index is empty for these filters), so no LLM was called;
+#:   ``answer`` is a fixed message (``RAG_RETRIEVER__NO_CONTEXT_MESSAGE``), no error;
+#: * ``rejected``: the request is invalid (it fails the Request schema, or names an unknown filter field); nothing
+#:   was retrieved or generated, and the same request is rejected again (final);
+#: * ``error``: a stage failed for good; ``expired``: the deadline passed first; ``model_unavailable``: the LLM
+#:   stayed away through the retries (not final: a later redelivery tries again).
+ResponseStatus = Literal["ok", "error", "expired", "model_unavailable", "rejected", "no_context"]
+#: Statuses that carry an answer text (the others carry an ``error``).
+ANSWER_STATUSES = frozenset({"ok", "no_context"})
+#: Statuses that end a request for good: kept in the answer store, never produced again for the request id.
+FINAL_STATUSES = frozenset({"ok", "error", "expired", "rejected", "no_context"})
 
 
 class Response(_Wire):
@@ -189,9 +242,9 @@ class Response(_Wire):
 
     @model_validator(mode="after")
     def _consistent(self) -> Response:
-        if self.status == "ok" and self.answer is None:
-            raise ValueError("a Response with status 'ok' must carry an answer")
-        if self.status != "ok" and self.error is None:
+        if self.status in ANSWER_STATUSES and self.answer is None:
+            raise ValueError(f"a Response with status {self.status!r} must carry an answer")
+        if self.status not in ANSWER_STATUSES and self.error is None:
             raise ValueError(f"a Response with status {self.status!r} must carry an error")
         return self
 

@@ -11,6 +11,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from workers.contracts.errors import MessageError
+from workers.contracts.messages import WIRE_CONTEXT
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -21,7 +22,8 @@ def encode(model: BaseModel) -> bytes:
 
 
 def decode(raw: bytes | None, model: type[M]) -> M:
-    """Parse and validate one message value.
+    """Parse and validate one message value, as read from the wire (:data:`WIRE_CONTEXT`: a Request must carry
+    its ``request_id``).
 
     Args:
         raw: the Kafka message value (``None`` for a tombstone).
@@ -31,8 +33,8 @@ def decode(raw: bytes | None, model: type[M]) -> M:
         The validated model instance.
 
     Raises:
-        MessageError: empty value, invalid UTF-8, not JSON, wrong ``schema_version`` or a field that
-            fails validation; the message names the first problems found.
+        MessageError: empty value, invalid UTF-8, not JSON, wrong ``schema_version``, a Request without its
+            ``request_id`` or a field that fails validation; the message names the first problems found.
     """
     if raw is None or len(raw) == 0:
         raise MessageError("empty message value")
@@ -41,7 +43,7 @@ def decode(raw: bytes | None, model: type[M]) -> M:
     except UnicodeDecodeError as exc:
         raise MessageError(f"value is not valid UTF-8: {exc}") from exc
     try:
-        return model.model_validate_json(text)
+        return model.model_validate_json(text, context=WIRE_CONTEXT)
     except ValidationError as exc:
         errs = exc.errors(include_url=False)
         if errs and errs[0].get("type") == "json_invalid":

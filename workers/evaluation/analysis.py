@@ -55,8 +55,8 @@ STAGE_ORDER = (
     PROCESSING_STAGE,
     "end_to_end_ms",
 )
-#: Statuses counted as errors (``expired`` and unanswered requests are counted apart).
-ERROR_STATUSES = ("error", "model_unavailable", "dead_letter")
+#: Statuses counted as errors (``expired``, ``no_context`` and unanswered requests are counted apart).
+ERROR_STATUSES = ("error", "model_unavailable", "rejected", "dead_letter")
 #: Status of a request of the evaluation set that has no answer in the run.
 MISSING = "missing"
 #: Cut-offs reported as hit@k (the fields of :class:`~workers.evaluation.models.Retrieval`).
@@ -113,13 +113,14 @@ def status_counts(ids: Iterable[uuid.UUID], answers: Mapping[uuid.UUID, Answer])
         a = answers.get(rid)
         c[a.status if a is not None else MISSING] += 1
     out = {"total": n, "ok": 0, "error": 0, "model_unavailable": 0, "dead_letter": 0, "expired": 0, MISSING: 0}
+    out.update({"rejected": 0, "no_context": 0})  # added later: after the older keys, report.json keeps its order
     out.update(c)
     return out
 
 
 def rates(counts: Mapping[str, int]) -> Rates:
-    """Fractions of the requests (0–1): ``ok``, ``error`` (error, model_unavailable, dead letter),
-    ``expired`` and ``missing``."""
+    """Fractions of the requests (0–1): ``ok``, ``error`` (error, model_unavailable, rejected, dead letter),
+    ``expired``, ``missing`` and ``no_context``."""
     n = counts.get("total", 0)
     if n == 0:
         return Rates(ok=0.0, error=0.0, expired=0.0, missing=0.0)
@@ -128,6 +129,7 @@ def rates(counts: Mapping[str, int]) -> Rates:
         error=sum(counts.get(s, 0) for s in ERROR_STATUSES) / n,
         expired=counts.get("expired", 0) / n,
         missing=counts.get(MISSING, 0) / n,
+        no_context=counts.get("no_context", 0) / n,
     )
 
 

@@ -31,6 +31,7 @@ GATE_ALIASES = {
     "expiry_rate": "rates.expired",
     "missing_rate": "rates.missing",
     "ok_rate": "rates.ok",
+    "no_context_rate": "rates.no_context",
     "cited_share": "citations.cited_share",
     "groundedness": "citations.groundedness_mean",
     **{f"hit@{k}": f"retrieval.hit@{k}" for k in HIT_KS},

@@ -90,15 +90,17 @@ class Rates(ReportPart):
 
     Attributes:
         ok: answered ``ok``.
-        error: answered ``error``, ``model_unavailable`` or dead-lettered.
+        error: answered ``error``, ``model_unavailable``, ``rejected`` or dead-lettered.
         expired: answered ``expired``.
         missing: not answered in the run.
+        no_context: answered ``no_context`` (the search found no passage; no LLM call).
     """
 
     ok: float
     error: float
     expired: float
     missing: float
+    no_context: float = 0.0
 
 
 class Retrieval(ReportPart):

@@ -120,9 +120,9 @@ def _summary(report: Report) -> list[str]:
         f"<th><span class='b'>baseline</span><br>{_e(b.source)}</th>"
         f"<th><span class='c'>candidate</span><br>{_e(c.source)}</th><th>Δ (absolute, %)</th></tr>"
     ]
-    for k in ("total", "ok", "error", "model_unavailable", "dead_letter", "expired", MISSING):
+    for k in ("total", "ok", "error", "model_unavailable", "rejected", "dead_letter", "expired", "no_context", MISSING):
         parts.append(_cmp_row(f"requests {k}", b.counts.get(k), c.counts.get(k), 0))
-    for k in ("ok", "error", "expired", "missing"):
+    for k in ("ok", "error", "expired", "missing", "no_context"):
         parts.append(_cmp_row(f"rate {k}", getattr(b.rates, k), getattr(c.rates, k), 3))
     for k in ("hit@1", "hit@5", "mrr"):
         if b.retrieval.get(k) is not None or c.retrieval.get(k) is not None:
@@ -238,7 +238,7 @@ def render_html(report: Report) -> str:
                 ("baseline", BASE_COLOR, [b.counts.get(s, 0) for s in statuses]),
                 ("candidate", CAND_COLOR, [c.counts.get(s, 0) for s in statuses]),
             ],
-            "requests by status (error includes model_unavailable, dead letters)",
+            "requests by status (error includes model_unavailable, rejected, dead letters)",
             digits=0,
         )
     )

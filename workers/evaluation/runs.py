@@ -70,7 +70,8 @@ class Answer:
 
     Attributes:
         request_id: the request id.
-        status: ``ok``, ``error``, ``expired``, ``model_unavailable`` or ``dead_letter``.
+        status: ``ok``, ``error``, ``expired``, ``model_unavailable``, ``rejected``, ``no_context`` or
+            ``dead_letter``.
         answer: the answer text (``None`` unless ``ok``).
         sources: retrieved passages in rank order.
         timings_ms: per-stage times (ms), re-based for replayed requests.

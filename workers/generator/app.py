@@ -22,6 +22,7 @@ from workers.generator.metrics import GeneratorMetrics
 from workers.generator.stage import STAGE, GeneratorStage
 from workers.kafka.admin import check_broker
 from workers.kafka.loop import serve_handler
+from workers.ports import start_metrics_server
 from workers.retry import retry_policies
 from workers.settings import Settings
 from workers.stream.metrics import RunnerMetrics, build_runner_metrics
@@ -113,12 +114,16 @@ async def serve(settings: Settings) -> None:
     """Run the generator worker until SIGTERM/SIGINT.
 
     Raises:
+        ConfigError: the metrics port is in use (checked first, before the broker and the model).
         ServiceUnavailableError: the broker, the LLM server or PostgreSQL cannot be reached at start-up.
     """
-    check_broker(settings.kafka)
     registry = CollectorRegistry()
+    server = start_metrics_server(settings.worker.metrics_port, registry, setting="RAG_WORKER__METRICS_PORT")
+    check_broker(settings.kafka)
     metrics = GeneratorMetrics(registry)
     async with contextlib.AsyncExitStack() as resources:
+        if server is not None:
+            resources.callback(server.close)
         llm = build_llm(settings, metrics)
         resources.push_async_callback(llm.close)
         info = await llm.info()

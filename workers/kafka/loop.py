@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from workers.contracts.errors import PromptTooLargeError, RagError
 from workers.contracts.serde import headers_to_dict
@@ -532,14 +532,13 @@ async def serve_handler(
     batch_max: int,
     registry: CollectorRegistry,
 ) -> None:
-    """Run one worker loop for ``runner`` until SIGTERM/SIGINT: metrics on ``worker.metrics_port`` (0: none),
-    the loop of :func:`build_worker_loop`, the runner told when the loop stops.
+    """Run one worker loop for ``runner`` until SIGTERM/SIGINT: the loop of :func:`build_worker_loop` (its metrics
+    in ``registry``, which the caller serves: :func:`workers.ports.start_metrics_server`, first thing at start-up),
+    the runner told when the loop stops.
 
     Raises:
         FatalWorkerError: see :meth:`WorkerLoop.run`.
     """
-    if settings.worker.metrics_port:
-        start_http_server(settings.worker.metrics_port, registry=registry)
     loop = build_worker_loop(
         settings,
         role=role,

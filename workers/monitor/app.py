@@ -19,33 +19,48 @@ disabled and there are no tables, so the app creates no topics at all.
 Metrics: served by ``prometheus_client.start_http_server`` on ``settings.monitor.metrics_port`` in its own
 thread, not by a faust web view: the endpoint then keeps answering when the event loop is busy or stuck
 (which is when metrics matter most), and it is the same mechanism and port convention as the other
-workers. faust's own web server runs on ``settings.monitor.web_port`` (0 disables it).
+workers. faust's own web server runs on ``settings.monitor.web_port`` (0, the default, disables it). Both ports
+are bound or checked before anything connects (:mod:`workers.ports`): a port in use is a one-line error, and
+``auto`` picks a free one, so several monitors can run on one host.
+
+Broker restarts: the monitor waits for the broker at start (the topic check is retried with backoff) and, while
+running, a timer probes the broker; aiokafka reconnects by itself. Only after ``monitor.broker_wait_s`` seconds
+without an answer does the monitor stop (cleanly, as on SIGTERM) and exit with status 2. Consumer metadata is
+refreshed every 10 s (as librdkafka's), so a group joined while the broker was still loading its topics
+rebalances onto them within seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 
 from workers.adapters.postgres import open_pool
 from workers.adapters.traces import TraceRecorder
 from workers.contracts.errors import ConfigError, RagError, RetryableError, ServiceUnavailableError
-from workers.kafka.admin import topic_partitions
+from workers.kafka.admin import check_broker, topic_partitions
+from workers.kafka.config import check_extra
 from workers.kafka.faust_config import broker_urls, faust_credentials
 from workers.monitor.metrics import MonitorMetrics, build_metrics
 from workers.monitor.sink import MonitorSink, topic_names
 from workers.monitor.trace import KafkaCoords
+from workers.ports import resolve_port, start_metrics_server
 from workers.retry import retry_policies
-from workers.settings import Settings
+from workers.settings import KafkaSettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +70,76 @@ DEFAULT_BATCH_MAX = 500
 DEFAULT_BATCH_WITHIN_S = 0.5
 #: Interval (seconds) of the timer refreshing the in-flight / past-deadline gauges.
 DEFAULT_GAUGE_INTERVAL_S = 5.0
+#: Longest wait (seconds) between two tries to reach the broker.
+BROKER_BACKOFF_MAX_S = 10.0
+#: Seconds a monitor stopping because the broker is gone may take to stop cleanly; then it exits at once (status
+#: 2). faust's consumer thread waits out its own stop timeout (about a minute) when the broker is away, and with
+#: no broker there is nothing left to commit: unacked events are simply read again later.
+BROKER_GONE_EXIT_S = 15.0
+
+
+def _gone(kafka: KafkaSettings, bound_s: float, why: object) -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        f"Kafka broker at {kafka.bootstrap_servers!r} not reachable for {bound_s:.0f} s "
+        f"(RAG_MONITOR__BROKER_WAIT_S); the monitor stops: {why}"
+    )
+
+
+@dataclass
+class BrokerWatch:
+    """Whether the broker still answers, probed from a faust timer; past ``bound_s`` without an answer it
+    records why (``gone``) and the monitor stops (:meth:`stop`).
+
+    Attributes:
+        kafka: the connection settings.
+        bound_s: seconds without an answer before the monitor stops.
+        last_ok: monotonic time of the last answer.
+        gone: set once the bound has passed.
+    """
+
+    kafka: KafkaSettings
+    bound_s: float
+    clock: Callable[[], float] = time.monotonic
+    last_ok: float = field(default_factory=time.monotonic)
+    gone: ServiceUnavailableError | None = None
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds between two probes."""
+        return min(5.0, max(0.5, self.bound_s / 5.0))
+
+    def probe(self) -> bool:
+        """One metadata request (blocking, at most ``interval_s``); False once the bound has passed."""
+        try:
+            check_broker(self.kafka, timeout_s=0.8 * self.interval_s)
+        except ServiceUnavailableError as exc:
+            away = self.clock() - self.last_ok
+            logger.warning("Kafka broker not answering for %.0f s (stopping after %.0f s)", away, self.bound_s)
+            if away >= self.bound_s and self.gone is None:
+                self.gone = _gone(self.kafka, self.bound_s, exc)
+            return self.gone is None
+        self.last_ok = self.clock()
+        return True
+
+    def stop(self) -> None:
+        """Stop the worker: SIGTERM to this process (faust's clean stop: unacked events stay uncommitted), and
+        exit with status 2 regardless after :data:`BROKER_GONE_EXIT_S` seconds."""
+        logger.critical("%s", self.gone)
+
+        gone = self.gone
+
+        def hard_exit() -> None:
+            logger.critical("monitor did not stop within %.0f s of the broker bound; exiting", BROKER_GONE_EXIT_S)
+            logging.shutdown()
+            if gone is not None:  # the line the CLI prints for a RagError
+                sys.stderr.write(f"error ({gone.error_class}): {' '.join(str(gone).split())}\n")
+                sys.stderr.flush()
+            os._exit(2)
+
+        timer = threading.Timer(BROKER_GONE_EXIT_S, hard_exit)
+        timer.daemon = True
+        timer.start()
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def create_app(
@@ -68,6 +153,7 @@ def create_app(
     batch_within_s: float = DEFAULT_BATCH_WITHIN_S,
     gauge_interval_s: float = DEFAULT_GAUGE_INTERVAL_S,
     datadir: Path | None = None,
+    broker_watch: BrokerWatch | None = None,
 ) -> faust.App:
     """Build the monitor's faust app (nothing connects until it starts).
 
@@ -84,6 +170,8 @@ def create_app(
         batch_within_s: longest wait (seconds) for a batch to fill.
         gauge_interval_s: interval (seconds) of the in-flight / past-deadline timer.
         datadir: faust's data folder (default: ``<tmp>/ragstream-faust-<app id>``; no tables are kept there).
+        broker_watch: probes the broker from a timer and stops the worker past its bound (:func:`run` passes
+            one); ``None``: no probe.
 
     Returns:
         The app, with agent ``traces`` and timer ``gauges``. ``app.conf.id`` is ``settings.monitor.app_id``,
@@ -91,9 +179,12 @@ def create_app(
 
     Raises:
         ConfigError: the trace table name is invalid, no bootstrap server is given, or ``kafka.extra`` holds
-            security settings the monitor cannot use (:func:`workers.kafka.faust_config.faust_credentials`).
+            security settings the monitor cannot use (:func:`workers.kafka.faust_config.faust_credentials`) or
+            changes a protected property (:func:`workers.kafka.config.check_extra`), or faust's web port
+            (``monitor.web_port``) is in use.
     """
     mon = settings.monitor
+    check_extra(settings.kafka)
     brokers = broker_urls(settings.kafka.bootstrap_servers)
     if not brokers:
         raise ConfigError("no Kafka bootstrap servers configured (RAG_KAFKA__BOOTSTRAP_SERVERS)")
@@ -106,6 +197,9 @@ def create_app(
     bundle = metrics if metrics is not None else build_metrics(registry)
     names = topic_names(settings)
     sink = MonitorSink(recorder, bundle, names, retry=retry_policies(settings).database)
+    # The user's librdkafka session.timeout.ms (kafka.extra) wins here too, as for the other workers.
+    session_ms = float(settings.kafka.extra.get("session.timeout.ms", settings.kafka.session_timeout_ms))
+    web_port = resolve_port(mon.web_port, setting="RAG_MONITOR__WEB_PORT")
 
     app = faust.App(
         mon.app_id,
@@ -114,12 +208,15 @@ def create_app(
         value_serializer="raw",
         key_serializer="raw",
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.kafka.session_timeout_ms / 1000.0,
-        broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_ms / 3000.0),
+        broker_session_timeout=session_ms / 1000.0,
+        broker_heartbeat_interval=min(3.0, session_ms / 3000.0),
         topic_partitions=topic_partitions or 12,
         topic_disable_leader=True,
-        web_enabled=mon.web_port > 0,
-        web_port=mon.web_port if mon.web_port > 0 else 6066,
+        # As librdkafka's topic.metadata.refresh.interval.ms in workers/kafka/config.py: a member that joined while
+        # a restarted broker did not list the topics yet sees them within seconds and the group rebalances.
+        consumer_metadata_max_age_ms=10_000,
+        web_enabled=web_port > 0,
+        web_port=web_port or 6066,
         web_bind="127.0.0.1",
         datadir=str(datadir or Path(tempfile.gettempdir()) / f"ragstream-faust-{mon.app_id}"),
         autodiscover=False,
@@ -188,6 +285,16 @@ def create_app(
         if overdue:
             logger.warning("requests past their deadline without an answer count=%d", overdue)
 
+    if broker_watch is not None:
+        watch = broker_watch
+        stopping: list[bool] = []
+
+        @app.timer(interval=watch.interval_s, name=f"{mon.app_id}.broker")
+        async def broker() -> None:
+            if not await asyncio.to_thread(watch.probe) and not stopping:
+                stopping.append(True)
+                watch.stop()
+
     return app
 
 
@@ -213,31 +320,68 @@ def check_topics(settings: Settings, timeout_s: float = 10.0) -> dict[str, int]:
     return found
 
 
+def wait_for_topics(settings: Settings, sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
+    """:func:`check_topics`, retried with backoff (1 s doubling up to 10 s) while the broker does not answer, for
+    at most ``monitor.broker_wait_s`` seconds: a monitor (re)started during a broker restart waits for it.
+
+    Raises:
+        ServiceUnavailableError: no answer within ``monitor.broker_wait_s`` seconds.
+        ConfigError: a topic is missing (at once: waiting does not create it).
+    """
+    bound = settings.monitor.broker_wait_s
+    t0 = time.monotonic()
+    backoff = 1.0
+    while True:
+        left = bound - (time.monotonic() - t0)
+        try:
+            return check_topics(settings, timeout_s=max(1.0, min(5.0, left)))
+        except ServiceUnavailableError as exc:
+            left = bound - (time.monotonic() - t0)
+            if left <= 0:
+                raise _gone(settings.kafka, bound, exc) from None
+            wait = min(backoff, left)
+            logger.warning("Kafka broker not reachable, trying again in %.0f s (gives up in %.0f s)", wait, left)
+            sleep(wait)
+            backoff = min(backoff * 2.0, BROKER_BACKOFF_MAX_S)
+
+
 def run(settings: Settings) -> None:
     """Run the monitor in this process until SIGTERM or SIGINT, then stop cleanly.
 
-    Starts the Prometheus endpoint on ``settings.monitor.metrics_port`` (0: none), checks the topics, runs
-    the faust worker (which handles the signals: the agent stops, unacked batches stay uncommitted), then
+    Starts the Prometheus endpoint on ``settings.monitor.metrics_port`` (0: none; checked before anything
+    connects), waits for the broker and checks the topics (:func:`wait_for_topics`), runs the faust worker (which
+    handles the signals: the agent stops, unacked batches stay uncommitted) with a :class:`BrokerWatch`, then
     closes the metrics server and the database pool.
 
     Args:
         settings: the process's settings.
 
     Raises:
-        ConfigError: a topic is missing or a setting is invalid.
-        ServiceUnavailableError: the broker is not reachable.
+        ConfigError: a port is in use, a topic is missing or a setting is invalid.
+        ServiceUnavailableError: the broker did not answer for ``monitor.broker_wait_s`` seconds (at start, or
+            while running: the worker then stopped cleanly first).
         SystemExit: the faust worker ended with a non-zero exit code.
     """
-    partitions = check_topics(settings)
-    logger.info("monitor starting app_id=%s topics=%s", settings.monitor.app_id, partitions)
-    pool = open_pool(
-        settings.database_url.get_secret_value(), max_size=4, name=f"{settings.monitor.app_id}-pool", open_now=False
-    )
-    app = create_app(settings, pool=pool, topic_partitions=max(partitions.values()))
-    server: Any = None
-    if settings.monitor.metrics_port > 0:
-        server, _thread = start_http_server(settings.monitor.metrics_port)
-        logger.info("metrics on http://0.0.0.0:%d/metrics", settings.monitor.metrics_port)
+    mon = settings.monitor
+    server = start_metrics_server(mon.metrics_port, setting="RAG_MONITOR__METRICS_PORT")
+    try:
+        check_extra(settings.kafka)
+        resolve_port(mon.web_port, setting="RAG_MONITOR__WEB_PORT")  # before waiting for the broker, too
+        partitions = wait_for_topics(settings)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+    logger.info("monitor starting app_id=%s topics=%s", mon.app_id, partitions)
+    pool = open_pool(settings.database_url.get_secret_value(), max_size=4, name=f"{mon.app_id}-pool", open_now=False)
+    watch = BrokerWatch(settings.kafka, mon.broker_wait_s)
+    try:
+        app = create_app(settings, pool=pool, topic_partitions=max(partitions.values()), broker_watch=watch)
+    except BaseException:
+        pool.close()
+        if server is not None:
+            server.close()
+        raise
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,
@@ -253,10 +397,11 @@ def run(settings: Settings) -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.close()
         pool.close()
-        logger.info("monitor stopped app_id=%s exit_code=%d", settings.monitor.app_id, code)
+        logger.info("monitor stopped app_id=%s exit_code=%d", mon.app_id, code)
+    if watch.gone is not None:
+        raise watch.gone
     if code:
         raise SystemExit(code)
 

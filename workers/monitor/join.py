@@ -345,8 +345,9 @@ def effective_error(state: Mapping[str, Any]) -> tuple[str, str] | None:
 def trace_status(state: Mapping[str, Any]) -> str:
     """The row's status (same rule as the table's generated ``status`` column).
 
-    ``ok`` when an ok response exists; else ``dead_letter`` when a dead letter exists; else the response's
-    status (``error``, ``expired``, ``model_unavailable``); else ``prompted`` / ``requested``.
+    ``ok`` when an ok response exists; else ``dead_letter`` when a dead letter exists (a ``rejected`` request
+    that failed validation has both); else the response's status (``error``, ``expired``, ``model_unavailable``,
+    ``rejected``, ``no_context``); else ``prompted`` / ``requested``.
     """
     rs = state.get("response_status")
     if rs == "ok":

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import signal
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from workers.adapters.interfaces import LLMTokenCounter
 from workers.adapters.postgres import open_pool
@@ -40,6 +40,7 @@ from workers.kafka.loop import WorkerLoop, build_worker_loop
 from workers.kafka.metrics import build_loop_metrics
 from workers.monitor.metrics import build_metrics
 from workers.monitor.sink import MonitorSink, topic_names
+from workers.ports import start_metrics_server
 from workers.retriever import app as retriever_app
 from workers.retry import retry_policies
 from workers.settings import Settings
@@ -70,13 +71,17 @@ async def serve(settings: Settings) -> None:
     """Run the monolith until SIGTERM/SIGINT.
 
     Raises:
+        ConfigError: the metrics port is in use (checked first, before the broker and the models).
         ServiceUnavailableError: the broker, PostgreSQL or the LLM server cannot be reached at start-up.
         DimensionMismatchError: the vector table's dimension differs from the embedding model's.
     """
-    check_broker(settings.kafka)
     registry = CollectorRegistry()
+    server = start_metrics_server(settings.worker.metrics_port, registry, setting="RAG_WORKER__METRICS_PORT")
+    check_broker(settings.kafka)
     gen_metrics = GeneratorMetrics(registry)
     with contextlib.ExitStack() as sync_resources:
+        if server is not None:
+            sync_resources.callback(server.close)
         async with contextlib.AsyncExitStack() as resources:
             llm = generator_app.build_llm(settings, gen_metrics)
             resources.push_async_callback(llm.close)
@@ -130,8 +135,6 @@ async def serve(settings: Settings) -> None:
                     )
                 )
                 drain.stopping = loops[1].is_stopping
-            if settings.worker.metrics_port:
-                start_http_server(settings.worker.metrics_port, registry=registry)
             event_loop = asyncio.get_running_loop()
 
             def stop_all() -> None:

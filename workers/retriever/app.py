@@ -22,6 +22,7 @@ from workers.adapters.tokenizers import CachedTokenCounter, LocalTokenizerCounte
 from workers.contracts.messages import Request
 from workers.kafka.admin import check_broker
 from workers.kafka.loop import serve_handler
+from workers.ports import start_metrics_server
 from workers.retriever.metrics import RetrieverMetrics
 from workers.retriever.stage import STAGE, RetrieverStage
 from workers.retry import retry_policies
@@ -105,11 +106,15 @@ async def serve(settings: Settings) -> None:
     """Run the retriever worker until SIGTERM/SIGINT.
 
     Raises:
+        ConfigError: the metrics port is in use (checked first, before the broker and the model).
         ServiceUnavailableError, DimensionMismatchError: see :func:`build_stage`.
     """
-    check_broker(settings.kafka)
     registry = CollectorRegistry()
+    metrics = start_metrics_server(settings.worker.metrics_port, registry, setting="RAG_WORKER__METRICS_PORT")
+    check_broker(settings.kafka)
     with contextlib.ExitStack() as resources:
+        if metrics is not None:
+            resources.callback(metrics.close)
         runner = build_runner(settings, build_stage(settings, registry, resources), registry)
         await serve_handler(
             settings,

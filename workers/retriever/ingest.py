@@ -6,6 +6,11 @@ after it is cut, so nothing relies on the model's silent truncation. Cuts prefer
 sentence ends, then line breaks, then spaces between words; a run of text with none of these is cut at
 token offsets. Consecutive chunks overlap by about ``overlap`` tokens.
 
+Reading a folder (:func:`read_documents`) accepts or rejects each file on its own, with the reason: a file with
+another suffix than :data:`TEXT_SUFFIXES`, one that cannot be read, one whose encoding is neither UTF-8 nor
+detected by charset-normalizer, or one with a NUL character (binary; PostgreSQL text cannot hold it) is
+rejected and the others are ingested. Hidden files and folders (``.git``) are counted and left out.
+
 No torch or Kafka here: the embedder and the store come in as arguments.
 """
 
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from charset_normalizer import from_bytes
 from tqdm import tqdm
 
 from workers.adapters.interfaces import ChunkRow
@@ -53,6 +59,13 @@ class ChunkStore(Protocol):
 
 logger = logging.getLogger(__name__)
 
+#: Candidates of charset detection this close to the least chaotic one (mess ratio 0-1) count as ties.
+_CHAOS_MARGIN = 0.05
+#: Legacy encodings preferred among near ties, most common first (Python codec names, as charset-normalizer's).
+_COMMON_ENCODINGS = (
+    "cp1252", "latin_1", "cp1251", "cp1250", "iso8859_2", "iso8859_15", "cp1253", "cp1254", "cp1257", "koi8_r",
+    "shift_jis", "cp932", "euc_jp", "gb18030", "gb2312", "big5", "euc_kr", "cp949", "utf_16", "utf_32",
+)  # fmt: skip
 #: Text file suffixes read by :func:`path_documents`.
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 
@@ -326,30 +339,169 @@ def python_docs_documents() -> list[tuple[str, str]]:
     return sorted((str(k), str(v)) for k, v in topics.items())
 
 
-def path_documents(path: str | Path) -> list[tuple[str, str]]:
-    """Text documents (``.txt``, ``.md``, ``.rst``) under a folder, or one file.
+@dataclass(frozen=True)
+class FileResult:
+    """What became of one file of a folder given to :func:`read_documents`.
 
-    Args:
-        path: a folder (searched recursively) or a single file.
+    Attributes:
+        document_id: the path relative to the folder (POSIX form), the document id when accepted.
+        accepted: read as text (it is ingested), else rejected.
+        encoding: the text encoding it was decoded with (``utf-8``, or what charset-normalizer detected).
+        reason: why it was rejected, or a note on an accepted file (``not UTF-8: decoded as cp1252``).
+        size: bytes of the file.
+    """
+
+    document_id: str
+    accepted: bool
+    encoding: str | None = None
+    reason: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class FolderDocuments:
+    """The documents read from a folder (or one file) and what became of each file.
+
+    Attributes:
+        documents: ``(document_id, text)`` of the accepted files, sorted by id.
+        files: every file considered, accepted or rejected, sorted by id.
+        hidden: hidden files and folders (names starting with ``.``) left out.
+    """
+
+    documents: list[tuple[str, str]]
+    files: list[FileResult]
+    hidden: int = 0
+
+    @property
+    def rejected(self) -> list[FileResult]:
+        """The files that were not ingested."""
+        return [f for f in self.files if not f.accepted]
+
+
+def _detect(data: bytes) -> tuple[str, str] | None:
+    """``(text, encoding)`` of bytes that are not UTF-8, by charset-normalizer; ``None`` when it finds none.
+
+    On short texts the detector's first choice is often one of several near ties (French Latin-1 text comes out
+    as mac_latin2 with "ť" for "é", German as mac_iceland). So among the candidates whose chaos (mess ratio) is
+    within :data:`_CHAOS_MARGIN` of the least, the first of :data:`_COMMON_ENCODINGS` that one of them could be is
+    taken (cp1252, a superset of Latin-1, first); else the detector's choice. Still a best guess on a few words:
+    the summary of ``ragstream ingest`` shows the encoding used.
+    """
+    matches = list(from_bytes(data))
+    if not matches:
+        return None
+    least = min(m.chaos for m in matches)
+    near = [m for m in matches if m.chaos <= least + _CHAOS_MARGIN]
+    for encoding in _COMMON_ENCODINGS:
+        for m in near:
+            if encoding in m.could_be_from_charset:
+                try:
+                    return data.decode(encoding), encoding
+                except (UnicodeDecodeError, LookupError):
+                    return str(m), str(m.encoding)
+    return str(matches[0]), str(matches[0].encoding)
+
+
+def read_text(document_id: str, data: bytes) -> tuple[str | None, FileResult]:
+    """Decode one file's bytes: UTF-8 (a BOM is dropped), else the encoding charset-normalizer detects.
 
     Returns:
-        ``(document_id, text)`` pairs sorted by id; the id is the path relative to ``path`` (POSIX form), or
-        the file name when ``path`` is a file.
+        ``(text, result)``; ``text`` is ``None`` when the file is rejected (``result.reason`` says why).
+    """
+    size = len(data)
+    note = ""
+    try:
+        text, encoding = data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError as exc:
+        found = _detect(data)
+        if found is None:
+            reason = f"not UTF-8 ({exc.reason} at byte {exc.start}) and no other text encoding detected"
+            return None, FileResult(document_id, False, None, reason, size)
+        text, encoding = found
+        note = f"not UTF-8: decoded as {encoding}"
+    nul = text.find("\x00")
+    if nul >= 0:
+        reason = f"NUL character at offset {nul} ({encoding}): a binary file, or UTF-16/32 without a byte-order mark"
+        return None, FileResult(document_id, False, encoding, reason, size)
+    if not text.strip():
+        note = "empty: no chunks"
+    return text, FileResult(document_id, True, encoding, note, size)
+
+
+def read_documents(path: str | Path) -> FolderDocuments:
+    """Text documents under a folder (or one file), each file accepted or rejected on its own.
+
+    In a folder (searched recursively) every file is considered: one whose suffix is not in
+    :data:`TEXT_SUFFIXES` is rejected (named, with the reason), as is one that cannot be read or decoded
+    (:func:`read_text`); hidden files and folders are left out and counted. A single file is read whatever its
+    suffix.
+
+    Args:
+        path: a folder or a single file.
+
+    Returns:
+        The accepted documents (id = path relative to ``path``, POSIX form; the file name for a single file) and
+        a :class:`FileResult` per file.
 
     Raises:
         ConfigError: the path does not exist.
     """
     root = Path(path).expanduser()
     if root.is_file():
-        return [(root.name, root.read_text(encoding="utf-8", errors="replace"))]
-    if not root.is_dir():
+        paths, base, hidden = [root], root.parent, 0
+    elif root.is_dir():
+        paths, base, hidden = [], root, 0
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root).parts
+            if any(part.startswith(".") for part in rel):
+                hidden += 1 if p.name.startswith(".") else 0
+                continue
+            if p.is_file():
+                paths.append(p)
+    else:
         raise ConfigError(f"no such file or folder: {root}")
-    docs = [
-        (p.relative_to(root).as_posix(), p.read_text(encoding="utf-8", errors="replace"))
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
-    ]
-    return docs
+    docs: list[tuple[str, str]] = []
+    files: list[FileResult] = []
+    for p in paths:
+        doc_id = p.relative_to(base).as_posix()
+        if root.is_dir() and p.suffix.lower() not in TEXT_SUFFIXES:
+            what = p.suffix.lower() or "no suffix"
+            reason = f"not a text document ({what}); ingested suffixes: {', '.join(TEXT_SUFFIXES)}"
+            files.append(FileResult(doc_id, False, None, reason, _size(p)))
+            continue
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            files.append(FileResult(doc_id, False, None, f"cannot be read: {exc.strerror or exc}", 0))
+            continue
+        text, result = read_text(doc_id, data)
+        files.append(result)
+        if text is None:
+            logger.warning("file rejected document_id=%s: %s", doc_id, result.reason)
+            continue
+        if result.reason.startswith("not UTF-8"):
+            logger.warning("file decoded document_id=%s: %s", doc_id, result.reason)
+        docs.append((doc_id, text))
+    return FolderDocuments(docs, files, hidden)
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def path_documents(path: str | Path) -> list[tuple[str, str]]:
+    """The accepted text documents under a folder, or one file (:func:`read_documents`, rejected files left out).
+
+    Returns:
+        ``(document_id, text)`` pairs sorted by id.
+
+    Raises:
+        ConfigError: the path does not exist.
+    """
+    return read_documents(path).documents
 
 
 @dataclass(frozen=True)
@@ -362,6 +514,8 @@ class IngestReport:
         inserted: rows added to the store.
         skipped: chunks already stored (not embedded again) or rejected as duplicates by the store.
         seconds: wall time (s).
+        chunks_by_document: chunks cut from each document.
+        failed: documents that could not be cut into chunks, with the reason (the others are ingested).
     """
 
     documents: int
@@ -369,6 +523,8 @@ class IngestReport:
     inserted: int
     skipped: int
     seconds: float
+    chunks_by_document: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def ingest(
@@ -401,7 +557,7 @@ def ingest(
             (:func:`file_title`, :func:`pydoc_title`); ``None``: no context.
 
     Returns:
-        Counts and wall time.
+        Counts and wall time; a document that cannot be cut into chunks is named in ``failed`` and left out.
 
     Raises:
         DimensionMismatchError: the table's vector dimension differs from the model's.
@@ -412,13 +568,20 @@ def ingest(
     limit = max_tokens or embedder.max_seq_length
     store.ensure_schema(embedder.model_name)
     chunks: list[Chunk] = []
+    per_doc: dict[str, int] = {}
+    failed: dict[str, str] = {}
     for doc_id, text in docs:
         title = titles(doc_id, text) if titles is not None else ""
-        chunks.extend(
-            chunk_text(
+        try:
+            cut = chunk_text(
                 doc_id, text, embedder.tokenizer, max_tokens=limit, overlap=overlap, metadata=metadata, title=title
             )
-        )
+        except ValueError as exc:  # this document only; the others go on
+            logger.warning("document not ingested document_id=%s: %s", doc_id, exc)
+            failed[doc_id] = str(exc)
+            continue
+        per_doc[doc_id] = len(cut)
+        chunks.extend(cut)
     existing = store.existing_hashes(sorted({c.document_id for c in chunks}))
     new_by_doc: dict[str, set[str]] = {}
     for c in chunks:
@@ -445,6 +608,8 @@ def ingest(
         inserted=inserted,
         skipped=len(chunks) - inserted,
         seconds=time.perf_counter() - t0,
+        chunks_by_document=per_doc,
+        failed=failed,
     )
     logger.info(
         "ingest done documents=%d chunks=%d inserted=%d skipped=%d seconds=%.1f table=%s",
@@ -456,3 +621,19 @@ def ingest(
         store.table,
     )
     return report
+
+
+def summary_rows(read: FolderDocuments, report: IngestReport) -> list[tuple[str, str, str, str, str]]:
+    """One row per file for the end-of-run table: ``(file, result, encoding, chunks, reason or note)``.
+
+    ``result`` is ``ingested`` or ``rejected`` (a file rejected while reading, or one ingestion could not cut).
+    """
+    rows: list[tuple[str, str, str, str, str]] = []
+    for f in read.files:
+        failed = report.failed.get(f.document_id)
+        if f.accepted and failed is None:
+            chunks = str(report.chunks_by_document.get(f.document_id, 0))
+            rows.append((f.document_id, "ingested", f.encoding or "", chunks, f.reason))
+        else:
+            rows.append((f.document_id, "rejected", f.encoding or "", "-", failed or f.reason))
+    return rows

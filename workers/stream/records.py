@@ -9,6 +9,7 @@ headers), so the runner and the stages can be used and tested without a broker.
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,6 +65,35 @@ def error_class_of(error: BaseException) -> str:
     """The short error class written into dead letters and error answers: ``RagError.error_class``, else the
     exception type's name."""
     return error.error_class if isinstance(error, RagError) else type(error).__name__
+
+
+def _uuid(value: object) -> uuid.UUID | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def readable_request_id(incoming: Incoming) -> uuid.UUID | None:
+    """The request id of a message that failed validation, when it can be read.
+
+    The body's ``request_id`` (a JSON object with a UUID string there) is preferred; else the ``request_id``
+    header. Nothing else of the message is trusted: the caller answers this id with a ``rejected`` Response on the
+    responses topic (not on a reply topic the invalid message names) so a waiting client is not left to its timeout.
+
+    Returns:
+        ``None`` when neither the body nor the header names a valid UUID.
+    """
+    body: object = None
+    if incoming.value:
+        try:
+            body = json.loads(incoming.value)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # not JSON, not UTF-8, nested past the limit
+            body = None
+    fields = body if isinstance(body, dict) else {}
+    return _uuid(fields.get("request_id")) or _uuid(incoming.headers.get("request_id"))
 
 
 def dead_letter_of(

@@ -6,7 +6,11 @@ runner calls a *chain* of stages for a micro-batch of consumed records and decid
 (quix-streams' ``_process_message`` + ``error_callbacks.py`` are the model):
 
 1. **Decode** each record into the input model (``Request`` or ``Prompt``); a record that does not decode is
-   dead-lettered with the reason, if the error hook allows it (:data:`ErrorHook`; raising is the default).
+   dead-lettered with the reason, if the error hook allows it (:data:`ErrorHook`; raising is the default). When
+   its request id can still be read (the body's ``request_id``, else the header), it is also answered at once with
+   a ``rejected`` Response carrying the validation message, on the responses topic only (a reply topic named by
+   an invalid message is not trusted: it may not exist), so a client waiting on that id is not left to its
+   timeout. A rejected answer is not stored: the same bytes are rejected again.
 2. **Effectively-once** (with an answer store): a request id answered before is re-emitted from the store, and a
    copy of a request being answered right now (same request id twice in the topic) waits for that answer; no
    stage runs for either.
@@ -53,7 +57,15 @@ from workers.contracts.serde import decode, encode
 from workers.retry import RetryPolicy
 from workers.settings import Settings
 from workers.stream.metrics import RunnerMetrics, build_runner_metrics
-from workers.stream.records import Incoming, Output, dead_letter_of, dead_letter_output, error_class_of, output_headers
+from workers.stream.records import (
+    Incoming,
+    Output,
+    dead_letter_of,
+    dead_letter_output,
+    error_class_of,
+    output_headers,
+    readable_request_id,
+)
 from workers.stream.results import Failure, Stage, StageResult
 
 log = logging.getLogger(__name__)
@@ -202,8 +214,11 @@ class StreamRunner:
                 self.metrics.errors.labels(self.entry, exc.error_class).inc()
                 if not self.on_error(exc, inc, self.entry):
                     raise
-                letter = dead_letter_of(inc, stage=self.entry, error=exc)
-                results[i] = [dead_letter_output(inc, letter, self.routes.dead_letter)]
+                rid = readable_request_id(inc)
+                if rid is not None:
+                    results[i] = [self._reject(inc, rid, exc, events)]
+                letter = dead_letter_of(inc, stage=self.entry, error=exc, request_id=rid)
+                results[i].append(dead_letter_output(inc, letter, self.routes.dead_letter))
                 events.append((letter, inc))
                 continue
             request = value if isinstance(value, Request) else value.request
@@ -399,6 +414,23 @@ class StreamRunner:
         reply = item.request.reply_topic
         if reply and reply != self.routes.responses:
             item.out.append(Output(reply, value, key, headers))
+
+    def _reject(
+        self, inc: Incoming, request_id: uuid.UUID, error: MessageError, events: list[tuple[Event, Incoming]]
+    ) -> Output:
+        """The ``rejected`` answer to a message that failed validation (responses topic only)."""
+        resp = Response(
+            request_id=request_id,
+            created_at=self.clock(),
+            status="rejected",
+            answer=None,
+            error=ErrorInfo(error_class=error.error_class, message=str(error)[:2000], stage=self.entry),
+            attempts=0,
+        )
+        self.metrics.responses.labels(resp.status).inc()
+        events.append((resp, inc))
+        rid = str(request_id)
+        return Output(self.routes.responses, encode(resp), inc.key or rid, output_headers(inc, request_id=rid))
 
     def _fail(self, item: _Item, failure: Failure, stage: str, events: list[tuple[Event, Incoming]]) -> None:
         error_class = error_class_of(failure.error)

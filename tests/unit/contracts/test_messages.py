@@ -59,3 +59,26 @@ def test_json_schemas_have_schema_version() -> None:
     for name, model in WIRE_MODELS.items():
         schema = model.model_json_schema()
         assert "schema_version" in schema["properties"], name
+
+
+def test_a_request_on_the_wire_must_carry_its_request_id() -> None:
+    """Issue 14 #9: built in Python a Request gets a fresh id; read from the wire it must name its own."""
+    assert Request(query="q").request_id != Request(query="q").request_id
+    body = {"schema_version": 1, "query": "What does pass do?"}
+    with pytest.raises(MessageError, match="request_id: Value error, missing"):
+        decode(json.dumps(body).encode(), Request)
+    rid = uuid.uuid4()
+    assert decode(json.dumps({**body, "request_id": str(rid)}).encode(), Request).request_id == rid
+    assert Request.model_json_schema()["required"] == ["request_id", "query"]
+
+
+def test_no_context_carries_its_message_and_rejected_its_error() -> None:
+    rid = uuid.uuid4()
+    no_context = Response(request_id=rid, status="no_context", answer="No passage matches.")
+    assert decode(encode(no_context), Response) == no_context
+    with pytest.raises(ValueError):
+        Response(request_id=rid, status="no_context", answer=None)
+    with pytest.raises(ValueError):
+        Response(request_id=rid, status="rejected", answer=None)
+    info = ErrorInfo(error_class="bad_message", message="top_k: >= 1", stage="retriever")
+    assert decode(encode(Response(request_id=rid, status="rejected", answer=None, error=info)), Response).error == info

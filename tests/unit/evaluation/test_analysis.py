@@ -75,7 +75,7 @@ def test_status_counts_count_missing_answers_and_rates_group_errors() -> None:
     assert c["missing"] == 1 and c["error"] == 0
     r = rates(c)
     assert r == Rates(ok=0.4, error=0.2, expired=0.2, missing=0.2)
-    assert r.as_json() == {"ok": 0.4, "error": 0.2, "expired": 0.2, "missing": 0.2}
+    assert r.as_json() == {"ok": 0.4, "error": 0.2, "expired": 0.2, "missing": 0.2, "no_context": 0.0}
     assert rates(status_counts([], {})).ok == 0.0
 
 

@@ -108,8 +108,10 @@ def test_report_json_keeps_every_key_name_and_order(tmp_path: Path) -> None:
             "citations",
             "provenance",
         ]
-        assert list(sec["counts"]) == ["total", "ok", "error", "model_unavailable", "dead_letter", "expired", "missing"]
-        assert list(sec["rates"]) == ["ok", "error", "expired", "missing"]
+        assert list(sec["counts"]) == [
+            "total", "ok", "error", "model_unavailable", "dead_letter", "expired", "missing", "rejected", "no_context",
+        ]  # fmt: skip
+        assert list(sec["rates"]) == ["ok", "error", "expired", "missing", "no_context"]
         assert list(sec["latency_ms"]) == ["embed_ms", "processing_ms", "end_to_end_ms"]
         assert all(list(s) == summary_keys for s in sec["latency_ms"].values())
         assert list(sec["tokens"]) == ["prompt", "completion"]

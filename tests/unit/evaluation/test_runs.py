@@ -118,6 +118,13 @@ def test_run_from_records_rebases_replayed_requests_and_dedupes() -> None:
     assert run.answers[live_req.request_id].timings_ms["end_to_end_ms"] == 80.0  # not replayed: unchanged
 
 
+def test_run_from_records_counts_a_request_without_request_id_as_undecodable() -> None:
+    """Issue 14 #9: evaluate never invents a request id (the question would count as missing forever)."""
+    no_id = b'{"schema_version": 1, "query": "What does pass do?"}'
+    run = run_from_records("candidate", "topics:x.", [TopicRecord(no_id, None, {})], [])
+    assert run.undecodable == 1 and run.queries == {}
+
+
 def test_answer_from_trace_row_skips_unanswered_rows_and_keeps_dead_letters() -> None:
     rid = uuid.uuid4()
     row = {

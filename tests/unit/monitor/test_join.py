@@ -291,3 +291,20 @@ def test_sink_assemble_batch_records_undecodable_messages() -> None:
     ]
     assert errors[0].request_id == req.request_id and "answer" in errors[0].error_message
     assert errors[-1].error_class == "config"
+
+
+def test_sink_records_a_request_without_request_id_as_a_bad_message_not_a_trace() -> None:
+    """Issue 14 #9: no invented request id, so no trace row stuck at ``requested``; an error record instead."""
+    from prometheus_client import CollectorRegistry
+
+    from workers.monitor.metrics import build_metrics
+    from workers.monitor.sink import MonitorSink, topic_names
+    from workers.settings import Settings, TopicSettings
+
+    names = topic_names(Settings(topics=TopicSettings(prefix="x.")))
+    sink = MonitorSink(recorder=None, metrics=build_metrics(CollectorRegistry()), topics=names)  # type: ignore[arg-type]  # no DB needed
+    no_id = json.dumps({"schema_version": 1, "query": "What does pass do?"}).encode()
+    updates, errors = sink.assemble_batch([(KafkaCoords("x.rag.requests", 0, 7), no_id)])
+    assert updates == []
+    assert len(errors) == 1 and errors[0].error_class == "bad_message" and errors[0].request_id is None
+    assert "request_id: Value error, missing" in errors[0].error_message

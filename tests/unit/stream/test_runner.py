@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -253,3 +254,56 @@ def test_the_answer_of_a_retryable_failure_is_not_remembered() -> None:
 def test_the_replay_run_header_is_stamped_into_the_prompt_provenance() -> None:
     outs = _run(_runner([Retrieve()]), [_inc(encode(Request(query="q")), headers={"replay_run": "run7"})])
     assert decode(outs[0][0].value, Prompt).provenance.run_id == "run7"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"query": ""}, "query"),
+        ({"query": "q" * 900_000}, "query"),
+    ],
+)
+def test_a_request_that_fails_validation_is_answered_rejected_at_once_and_dead_lettered(
+    change: dict[str, Any], reason: str
+) -> None:
+    """Issue 14 #4: the client waiting on the request id gets an answer, not its timeout (on the responses topic
+    only: the reply topic an invalid message names is not trusted)."""
+    stage = Retrieve()
+    good = Request(query="fine", reply_topic="mine")
+    body = {**json.loads(encode(good)), **change}
+    outs = _run(_runner([stage]), [_inc(json.dumps(body).encode())])
+    assert [o.topic for o in outs[0]] == ["r", "dl"]
+    resp = decode(outs[0][0].value, Response)
+    assert resp.request_id == good.request_id and resp.status == "rejected" and resp.answer is None
+    assert resp.error is not None and resp.error.error_class == "bad_message" and reason in resp.error.message
+    assert resp.error.stage == "retriever" and outs[0][0].headers["request_id"] == str(good.request_id)
+    letter = decode(outs[0][1].value, DeadLetter)
+    assert letter.request_id == good.request_id and reason in letter.error_message
+    assert stage.calls == []
+
+
+def test_a_rejected_message_is_answered_under_its_header_id_when_the_body_has_none() -> None:
+    rid = uuid.uuid4()
+    outs = _run(_runner([Retrieve()]), [_inc(b"{not json", headers={"request_id": str(rid)})])
+    assert [o.topic for o in outs[0]] == ["r", "dl"]
+    assert decode(outs[0][0].value, Response).request_id == rid
+    assert decode(outs[0][1].value, DeadLetter).request_id == rid
+
+
+def test_a_request_without_request_id_is_a_dead_letter_with_the_reason_and_nothing_else() -> None:
+    """Issue 14 #9: no invented request id (an answer under an id nobody asked with breaks effectively-once)."""
+    stage = Retrieve()
+    body = json.loads(encode(Request(query="no id here")))
+    del body["request_id"]
+    outs = _run(_runner([stage]), [_inc(json.dumps(body).encode())])
+    assert [o.topic for o in outs[0]] == ["dl"]
+    letter = decode(outs[0][0].value, DeadLetter)
+    assert letter.error_class == "bad_message" and "request_id: Value error, missing" in letter.error_message
+    assert letter.request_id is None and stage.calls == []
+    # with a request_id header (a client's), that id is answered rejected as well
+    rid = uuid.uuid4()
+    outs = _run(_runner([stage]), [_inc(json.dumps(body).encode(), headers={"request_id": str(rid)})])
+    assert [o.topic for o in outs[0]] == ["r", "dl"]
+    resp = decode(outs[0][0].value, Response)
+    assert resp.request_id == rid and resp.status == "rejected" and stage.calls == []
