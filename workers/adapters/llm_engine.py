@@ -40,7 +40,6 @@ from devstack.tgi.generation import (
     begin,
     chat_parameters,
     collect,
-    cut_at_stop,
     limits_from_args,
     prepare,
     render_chat,
@@ -49,6 +48,7 @@ from devstack.tgi.generation import (
 from workers.adapters.concurrency import ConcurrencyLimiter, build_limiter
 from workers.adapters.interfaces import Generation, ServerInfo
 from workers.adapters.llm_calls import error_for_status, generate_with_retries
+from workers.adapters.llm_text import cut_at_stop, normalize_finish_reason
 from workers.contracts.errors import (
     ConfigError,
     GenerationError,
@@ -263,7 +263,7 @@ class EngineLLM:
                 it (the returned text stops before them).
 
         Returns:
-            The Generation: text, finish reason (``length``, ``eos_token``, ``stop_sequence``), prompt and
+            The Generation: text, finish reason (``length`` or ``stop``, OpenAI's names), prompt and
             completion tokens (engine counts), TTFT and total time (ms) of the successful attempt, attempts.
 
         Raises:
@@ -297,7 +297,7 @@ class EngineLLM:
         text = cut_at_stop(res.text, prep.stop) if res.finish_reason == "stop_sequence" else res.text
         return Generation(
             text=text,
-            finish_reason=res.finish_reason,
+            finish_reason=normalize_finish_reason(res.finish_reason),
             prompt_tokens=prep.input_length,
             completion_tokens=len(res.tokens),
             model_id=engine.info().model_id,
