@@ -18,13 +18,14 @@ the llama.cpp cases are skipped with that hint, except under CI (``CI=true``), w
 from __future__ import annotations
 
 import logging
-import os
 import re
+import shlex
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +34,8 @@ from devstack import llamacpp
 from devstack.stack import TINY_LM_DIR
 from devstack.tgi.launch import simulated_server, tgi_server
 from devstack.tgi.tiny_model import build_tiny_model
+from tests.llm_servers import require_llama_cpp
+from workers.adapters.llm_engine import EngineLLM
 from workers.adapters.llm_server import LLMServerClient
 from workers.contracts.errors import LLMRetryableError, LLMValidationError
 from workers.contracts.messages import ChatMessage, GenerationParams
@@ -84,15 +87,6 @@ SERVERS = {
         "maximum context length is 512 tokens", _llama_cpp,
     ),
 }  # fmt: skip
-
-
-def require_llama_cpp() -> None:
-    """Skip (fail under CI) when llama-cpp-python or its model is not installed here."""
-    reason = llamacpp.missing()
-    if reason:
-        if os.environ.get("CI", "").lower() in ("1", "true"):
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module", params=list(SERVERS))
@@ -244,14 +238,23 @@ NO_SYSTEM_TEMPLATE = (
 
 
 @pytest.fixture(scope="module")
-def no_system_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The devstack server (transformers engine) with the tiny model whose chat template refuses the system role."""
+def no_system_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a chat template that refuses the system role."""
     model = tmp_path_factory.mktemp("llm") / "no-system-lm"
     shutil.copytree(build_tiny_model(TINY_LM_DIR), model)
     (model / "chat_template.jinja").write_text(NO_SYSTEM_TEMPLATE)
-    args = ["--engine", "transformers", "--model", str(model), "--max-input-tokens", "200", "--max-total-tokens",
-            "256", "--generation-threads", "1"]  # fmt: skip
-    with tgi_server(args, start_timeout_s=180) as (url, _proc):
+    return model
+
+
+def _engine_args(model: Path) -> list[str]:
+    limits = ["--max-input-tokens", "200", "--max-total-tokens", "256"]
+    return ["--model", str(model), *limits, "--generation-threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def no_system_server(no_system_model: Path) -> Iterator[str]:
+    """The devstack server (transformers engine) with that model."""
+    with tgi_server(["--engine", "transformers", *_engine_args(no_system_model)], start_timeout_s=180) as (url, _proc):
         yield url
 
 
@@ -286,3 +289,19 @@ def test_the_refusal_is_the_server_s_4xx(no_system_server: str) -> None:
     assert resp.status_code == 422 and "System role not supported" in resp.json()["error"]
     body["messages"] = body["messages"][1:]
     assert httpx.post(no_system_server + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+
+async def test_the_in_process_engine_folds_the_same_way(
+    no_system_model: Path, no_system_server: str, client: Callable[..., LLMServerClient]
+) -> None:
+    """The same setting and detection for an engine hosted in the worker (RAG_LLM__ENGINE), same answer."""
+    llm = EngineLLM.from_settings(
+        LLMSettings(engine="transformers", engine_args=shlex.join(_engine_args(no_system_model)), adaptive=False)
+    )
+    try:
+        gen = await llm.generate(MESSAGES, greedy(6))
+        assert llm.system_role == "fold" and gen.attempts == 1
+    finally:
+        await llm.close()
+    remote = await client(no_system_server, system_role="fold").generate(MESSAGES, greedy(6))
+    assert gen.text == remote.text

@@ -80,13 +80,7 @@ def build_stage(
             f"retriever.default_max_total_tokens={settings.retriever.default_max_total_tokens} (the LLM server says "
             "no limits; set RAG_LLM__MAX_TOTAL_TOKENS to the server's context length)"
         )
-    log.info(
-        "retriever llm limits max_input_tokens=%s max_total_tokens=%s from %s; prompt tokens counted by %s",
-        limits.max_input_tokens,
-        limits.max_total_tokens,
-        limits_source,
-        _count_source(counter),
-    )
+    count_source = _count_source(counter)
     stage = RetrieverStage(
         settings.retriever,
         embedder,
@@ -95,6 +89,13 @@ def build_stage(
         limits,
         RetrieverMetrics(registry),
         chunk_tokens=settings.embedding.chunk_tokens,
+    )
+    log.info(
+        "retriever llm limits max_input_tokens=%s max_total_tokens=%s from %s; prompt tokens counted by %s",
+        stage.limits.max_input_tokens,
+        stage.limits.max_total_tokens,
+        limits_source,
+        count_source,
     )
     log.info(
         "retriever ready model=%s dim=%d table=%s rows=%d llm=%s max_total_tokens=%s",
