@@ -106,7 +106,8 @@ class RetrieverSettings(_Section):
     ef_search: int = 80
     table: str = "rag_chunks"
     template: str = "default"
-    #: Path or hub id of the LLM's tokenizer for counting prompt tokens; empty = ask the server's /tokenize.
+    #: Path or hub id of the LLM's tokenizer for counting prompt tokens; empty = ``llm.tokenizer``, else the
+    #: server's tokenize route (kept for older configurations; ``llm.tokenizer`` is the setting to use).
     llm_tokenizer: str = ""
     #: Used when the server gives no limits in /info.
     default_max_total_tokens: int = 2048
@@ -124,17 +125,37 @@ class RetrieverSettings(_Section):
 
 
 class LLMSettings(_Section):
-    """The TGI-compatible text-generation server."""
+    """The LLM server (TGI, vLLM, SGLang, llama.cpp, OpenAI: anything with the OpenAI chat API), or an engine
+    in-process. Everything but ``url`` is discovered from the server when left unset (see
+    ``workers/adapters/llm_discovery.py``)."""
 
+    #: Base URL of the server (a trailing ``/v1`` is accepted and ignored).
     url: str = "http://127.0.0.1:8080"
     token: SecretStr | None = None
+    #: Model name sent in OpenAI-style requests (vLLM and SGLang check it). Empty: the first id of ``/v1/models``.
+    model: str = ""
+    #: Most prompt + generated tokens of one request. None: from the server (``/info``, ``/v1/models``'s
+    #: ``max_model_len``, llama.cpp's ``/props``). When set, it wins over what the server says.
+    max_total_tokens: int | None = Field(None, ge=2)
+    #: Most prompt tokens of one request. None: from the server, else only ``max_total_tokens`` applies.
+    max_input_tokens: int | None = Field(None, ge=1)
+    #: The model's tokenizer for counting prompt tokens: a ``tokenizer.json``, a model folder, a GGUF file or a hub
+    #: id already in the local cache. Empty: the server's tokenize route (TGI, vLLM, SGLang, llama.cpp have one).
+    tokenizer: str = ""
+    #: System prompts: "native" sends them as system messages; "fold" puts them into the first user turn (for chat
+    #: templates that refuse the system role); "auto" sends them natively until the server refuses the system
+    #: role once, then folds them from then on (logged).
+    system_role: Literal["auto", "native", "fold"] = "auto"
+    #: Stream generations (time to first token is measured, and feeds the adaptive bound); False: one JSON answer.
+    stream: bool = True
     #: Host the model in this process instead of calling ``url``: an engine of the devstack LLM server
     #: (``transformers``, ``simulated``; see ``workers/adapters/llm_engine.py``). Empty: the HTTP server at ``url``.
     engine: str = ""
     #: Engine options as the devstack server's command line takes them (``--model /path``, ``--ttft-ms 50``).
     engine_args: str = ""
-    #: "chat": Messages API (/v1/chat/completions); "text_generation": TGI's /generate.
-    api: Literal["chat", "text_generation"] = "chat"
+    #: "chat": Messages API (/v1/chat/completions); "text_generation": TGI's /generate; "auto": chat, unless the
+    #: server is a TGI without the Messages API (older than 1.4).
+    api: Literal["auto", "chat", "text_generation"] = "auto"
     #: Adapt the bound on requests in flight to the server (TTFT growth, 429s; see
     #: ``workers/generator/concurrency.py``); False: keep exactly ``max_in_flight`` in flight at most.
     adaptive: bool = True

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from devstack.tgi.busy import BusyClock
 from devstack.tgi.engine import Engine, EngineError, FinishEvent, FinishReason, GenerationParams, TokenEvent
 from devstack.tgi.schemas import GenerateParameters
+from workers.adapters.llm_text import cut_at_stop as cut_at_stop  # the one stop-text rule, shared with the workers
 
 
 @dataclass(frozen=True)
@@ -276,15 +277,6 @@ def stop_hit(text: str, piece: str, stops: tuple[str, ...]) -> bool:
         return False
     window = text[-(max(len(s) for s in stops) + len(piece)) :]
     return any(s in window for s in stops)
-
-
-def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
-    """``text`` up to (without) the first stop sequence in it; all of ``text`` when none occurs.
-
-    TGI's ``generated_text`` keeps the stop sequence; OpenAI-style clients (and ragstream's answers) do not.
-    """
-    ends = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return text[: min(ends)] if ends else text
 
 
 async def stream(

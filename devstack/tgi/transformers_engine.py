@@ -21,6 +21,7 @@ from devstack.tgi.engine import (
     Engine,
     EngineError,
     EngineInfo,
+    EngineRejectedError,
     FinishEvent,
     FinishReason,
     GenerationParams,
@@ -158,9 +159,19 @@ class TransformersEngine(Engine):
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """Render messages with the tokenizer's chat template (a plain "role: content" layout if it has none)."""
+        """Render messages with the tokenizer's chat template (a plain "role: content" layout if it has none).
+
+        Raises:
+            EngineRejectedError: 422 "template_error" when the template refuses the messages (as TGI answers, e.g.
+                "System role not supported" from templates that ``raise_exception`` on a system message).
+        """
         if getattr(self._tok, "chat_template", None):
-            return str(self._tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
+            from jinja2 import TemplateError
+
+            try:
+                return str(self._tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
+            except TemplateError as exc:
+                raise EngineRejectedError(422, "template_error", f"Template error: {exc}") from exc
         lines = [f"{m['role']}: {m['content']}" for m in messages]
         return "\n".join(lines) + "\nassistant:"
 

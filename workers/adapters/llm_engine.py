@@ -40,7 +40,6 @@ from devstack.tgi.generation import (
     begin,
     chat_parameters,
     collect,
-    cut_at_stop,
     limits_from_args,
     prepare,
     render_chat,
@@ -49,6 +48,7 @@ from devstack.tgi.generation import (
 from workers.adapters.concurrency import ConcurrencyLimiter, build_limiter
 from workers.adapters.interfaces import Generation, ServerInfo
 from workers.adapters.llm_calls import error_for_status, generate_with_retries
+from workers.adapters.llm_text import cut_at_stop, fold_system, normalize_finish_reason, rejects_system_role
 from workers.contracts.errors import (
     ConfigError,
     GenerationError,
@@ -101,6 +101,8 @@ class EngineLLM:
     Attributes:
         api: ``"engine"``.
         max_attempts: Most attempts one :meth:`generate` makes (first included).
+        system_role: ``native``, ``fold`` or ``auto`` (``llm.system_role``; ``auto`` becomes ``fold`` when the chat
+            template refuses the system role).
         busy: Generations in flight and busy seconds of the engine.
     """
 
@@ -117,6 +119,7 @@ class EngineLLM:
         busy: BusyClock | None = None,
     ) -> None:
         self.api: str = "engine"
+        self.system_role: str = settings.system_role
         self.engine = engine
         self.limits = limits
         self.settings = settings
@@ -263,7 +266,7 @@ class EngineLLM:
                 it (the returned text stops before them).
 
         Returns:
-            The Generation: text, finish reason (``length``, ``eos_token``, ``stop_sequence``), prompt and
+            The Generation: text, finish reason (``length`` or ``stop``, OpenAI's names), prompt and
             completion tokens (engine counts), TTFT and total time (ms) of the successful attempt, attempts.
 
         Raises:
@@ -282,10 +285,25 @@ class EngineLLM:
             on_retry=self._on_retry,
         )
 
+    def _render(self, messages: list[ChatMessage]) -> str:
+        """The chat rendered with the engine's template; the system prompt folded into the first user turn when
+        ``llm.system_role`` says so, or (``auto``) from the first time the template refuses the system role."""
+        if self.system_role == "fold":
+            messages = fold_system(messages)
+        try:
+            return render_chat(self.engine, [{"role": m.role, "content": m.content} for m in messages])
+        except EngineRejectedError as exc:
+            refused = any(m.role == "system" for m in messages) and rejects_system_role(exc.message)
+            if self.system_role != "auto" or not refused:
+                raise
+            self.system_role = "fold"
+            log.warning("llm engine system_role=fold from now on: its chat template refused a system message (%s)", exc)
+            return render_chat(self.engine, [{"role": m.role, "content": m.content} for m in fold_system(messages)])
+
     async def _attempt(self, messages: list[ChatMessage], params: GenerationParams, t0: float) -> Generation:
         engine = self.engine
         request_id = await begin(engine)
-        prompt = render_chat(engine, [{"role": m.role, "content": m.content} for m in messages])
+        prompt = self._render(messages)
         gp = chat_parameters(params.max_new_tokens, params.temperature, params.top_p, params.seed, params.stop)
         prep = prepare(engine, self.limits, prompt, gp, chat=True, request_id=request_id)
         self._admission.admit(self.limits.max_concurrent_requests)
@@ -297,7 +315,7 @@ class EngineLLM:
         text = cut_at_stop(res.text, prep.stop) if res.finish_reason == "stop_sequence" else res.text
         return Generation(
             text=text,
-            finish_reason=res.finish_reason,
+            finish_reason=normalize_finish_reason(res.finish_reason),
             prompt_tokens=prep.input_length,
             completion_tokens=len(res.tokens),
             model_id=engine.info().model_id,

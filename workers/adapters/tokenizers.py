@@ -33,8 +33,9 @@ class LocalTokenizerCounter:
     own tokenizer (the HF tokenizers "Already borrowed" error). Calls are serialized by a lock.
 
     Args:
-        path_or_id: a ``tokenizer.json`` file, a folder holding one, or a local model folder / hub id
-            already in the local cache (loaded with ``transformers.AutoTokenizer``, ``local_files_only``).
+        path_or_id: a ``tokenizer.json`` file, a folder holding one, a GGUF model file (llama.cpp's format; needs
+            the ``gguf`` package), or a local model folder / hub id already in the local cache (loaded with
+            ``transformers.AutoTokenizer``, ``local_files_only``).
         add_special_tokens: count the special tokens the tokenizer adds (e.g. ``[CLS]``/``[SEP]``, BOS).
 
     Raises:
@@ -166,6 +167,8 @@ def _load_tokenizer(path_or_id: str | Path) -> Any:
     from tokenizers import Tokenizer
 
     path = Path(path_or_id).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _load_gguf_tokenizer(path)
     candidates = [path] if path.is_file() else [path / "tokenizer.json"]
     for cand in candidates:
         if cand.is_file():
@@ -184,4 +187,20 @@ def _load_tokenizer(path_or_id: str | Path) -> Any:
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         raise ConfigError(f"tokenizer at {path_or_id!r} is not a fast (tokenizers) tokenizer")
+    return Tokenizer.from_str(backend.to_str())
+
+
+def _load_gguf_tokenizer(path: Path) -> Any:
+    """The tokenizer stored in a GGUF model file (llama.cpp's format), via transformers and the ``gguf`` package."""
+    from tokenizers import Tokenizer
+
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    except Exception as exc:  # ImportError (no gguf package), ValueError (architecture unknown), OSError
+        raise ConfigError(f"cannot read the tokenizer of GGUF file {path}: {str(exc).splitlines()[0]}") from exc
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise ConfigError(f"the tokenizer of GGUF file {path} is not a fast (tokenizers) tokenizer")
     return Tokenizer.from_str(backend.to_str())

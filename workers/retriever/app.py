@@ -1,7 +1,7 @@
 """Retriever worker wiring: Kafka loop (group "retriever") → stream runner → retriever stage → Prompts.
 
 The only module that builds the retriever's clients: the embedding model, the pgvector pool, the LLM server
-client (for ``/info`` limits and, without a local tokenizer, ``/tokenize`` counts). The stage
+client (for the token limits and, without a local tokenizer, the server's token counts; both discovered). The stage
 (:mod:`workers.retriever.stage`) gets them through its constructor; the runner (:mod:`workers.stream.runner`)
 decodes Requests, answers expired ones, produces Prompts and dead-letters what cannot be served.
 """
@@ -47,13 +47,15 @@ def build_stage(
         settings: the process's settings.
         registry: where the stage's metrics go.
         resources: closes what was opened here (model, pool, HTTP client) when the caller exits it.
-        limits: the LLM's token limits when the caller has them (the monolith asks its own LLM); default: the
-            server's ``/info``.
+        limits: the LLM's token limits when the caller has them (the monolith asks its own LLM); default: what
+            the server says (``/info``, ``/v1/models``, ``/props``) or ``llm.max_*_tokens``, discovered once.
         counter: counts prompt tokens in the LLM's tokenizer when the caller has one (the monolith's LLM);
-            default: the local tokenizer of ``retriever.llm_tokenizer``, else the server's ``/tokenize``.
+            default: the local tokenizer of ``llm.tokenizer`` (or ``retriever.llm_tokenizer``), else the server's
+            tokenize route (discovered). Where limits and counts come from is logged once.
 
     Raises:
         ServiceUnavailableError: PostgreSQL or the LLM server cannot be reached.
+        ConfigError: no tokenizer is set and the server has no tokenize route.
         DimensionMismatchError: the vector table's dimension differs from the model's.
     """
     embedder = Embedder.from_settings(settings.embedding)
@@ -62,13 +64,24 @@ def build_stage(
     resources.callback(pool.close)
     store = VectorStore.from_settings(pool, settings.retriever, embedder.dimension)
     store.ensure_schema(embedder.model_name)  # idempotent; raises DimensionMismatchError on a wrong column
-    if settings.retriever.llm_tokenizer:
-        counter = LocalTokenizerCounter(settings.retriever.llm_tokenizer)
+    limits_source = "the LLM adapter"
+    tokenizer = settings.llm.tokenizer or settings.retriever.llm_tokenizer
+    if tokenizer:
+        counter = LocalTokenizerCounter(tokenizer)
     if limits is None or counter is None:
         server = LLMServerClient(settings.llm)
         resources.callback(server.close_sync)
-        limits = limits or server.fetch_info()
+        if limits is None:
+            limits = server.fetch_info()
+            caps = server.capabilities
+            limits_source = caps.limits_source if caps is not None else "the LLM server"
         counter = counter or server
+    if limits.max_total_tokens is None:
+        limits_source = (
+            f"retriever.default_max_total_tokens={settings.retriever.default_max_total_tokens} (the LLM server says "
+            "no limits; set RAG_LLM__MAX_TOTAL_TOKENS to the server's context length)"
+        )
+    count_source = _count_source(counter)
     stage = RetrieverStage(
         settings.retriever,
         embedder,
@@ -77,6 +90,13 @@ def build_stage(
         limits,
         RetrieverMetrics(registry),
         chunk_tokens=settings.embedding.chunk_tokens,
+    )
+    log.info(
+        "retriever llm limits max_input_tokens=%s max_total_tokens=%s from %s; prompt tokens counted by %s",
+        stage.limits.max_input_tokens,
+        stage.limits.max_total_tokens,
+        limits_source,
+        count_source,
     )
     log.info(
         "retriever ready model=%s dim=%d table=%s rows=%d llm=%s max_total_tokens=%s",
@@ -88,6 +108,19 @@ def build_stage(
         stage.limits.max_total_tokens,
     )
     return stage
+
+
+def _count_source(counter: LLMTokenCounter) -> str:
+    """Where prompt tokens are counted, for the start-up log; discovers the server's tokenize route if needed.
+
+    Raises:
+        ConfigError: the counter is the LLM server and it has no tokenize route (set ``RAG_LLM__TOKENIZER``).
+    """
+    if isinstance(counter, LocalTokenizerCounter):
+        return f"the local tokenizer {counter.source}"
+    if isinstance(counter, LLMServerClient):
+        return counter.tokenize_source
+    return type(counter).__name__
 
 
 def build_runner(settings: Settings, stage: RetrieverStage, registry: CollectorRegistry | None = None) -> StreamRunner:

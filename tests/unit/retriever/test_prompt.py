@@ -204,7 +204,8 @@ def test_server_tokenize_counter_counts_the_returned_tokens() -> None:
         counter = LLMServerClient(LLMSettings(url="http://llm:8080/"), http=client)
         assert isinstance(counter, LLMTokenCounter)
         assert counter.count(["a b c", "one", ""]) == [3, 1, 0]
-    assert seen[0] == {"inputs": "a b c"}
+    assert seen[0] == {"inputs": "Hello, world"}  # the probe that found TGI's route (llm_discovery)
+    assert seen[1] == {"inputs": "a b c"}
 
 
 @pytest.mark.parametrize(("status", "error"), [(503, RetryableError), (429, RetryableError), (422, PermanentError)])
@@ -232,8 +233,11 @@ def test_parse_server_info_current_and_old_tgi() -> None:
 
 def test_fetch_server_limits() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        assert request.url.path == "/info"
-        return httpx.Response(200, json={"model_id": "tiny", "max_input_tokens": 1535, "max_total_tokens": 2048})
+        if request.url.path == "/health":
+            return httpx.Response(200)
+        if request.url.path == "/info":
+            return httpx.Response(200, json={"model_id": "tiny", "max_input_tokens": 1535, "max_total_tokens": 2048})
+        return httpx.Response(404)
 
     with _mock(handler) as client:
         info = LLMServerClient(LLMSettings(url="http://llm"), http=client).fetch_info()

