@@ -171,6 +171,7 @@ def stack_config(opts: ChaosOptions, services: tuple[str, ...] = ("kafka", "post
         pg_port=opts.pg_port,
         llm_port=opts.llm_port,
         llm_engine="simulated",
+        llm_model="tiny",  # the simulated engine has no model; its prompt budgets use the tiny tokenizer
         llm_extra_args=(
             "--ttft-ms", "20", "--per-token-ms", "2", "--capacity", "16",
             "--max-concurrent-requests", "512", "--log-level", "WARNING",

@@ -44,6 +44,7 @@ def bench_stack_config(services: tuple[str, ...] = ("kafka", "postgres", "llm"))
         pg_port=25432,
         llm_port=28080,
         llm_engine="simulated",
+        llm_model="tiny",  # the simulated engine has no model; its prompt budgets use the tiny tokenizer
         llm_extra_args=("--max-concurrent-requests", "256", "--log-level", "WARNING"),
     )
 

@@ -33,7 +33,10 @@ LlmPort = Annotated[int, typer.Option(envvar="RAG_DEVSTACK_LLM_PORT", help="LLM 
 LlmEngine = Annotated[str, typer.Option(envvar="RAG_DEVSTACK_LLM_ENGINE", help="LLM server engine")]
 LlmModel = Annotated[
     str,
-    typer.Option(envvar="RAG_DEVSTACK_LLM_MODEL", help="local model folder or hub id; empty: tiny offline model"),
+    typer.Option(
+        envvar="RAG_DEVSTACK_LLM_MODEL",
+        help="smollm2 (SmolLM2-135M-Instruct, offline), tiny (random weights, fast), or a model folder / hub id",
+    ),
 ]
 Only = Annotated[
     str,
@@ -89,7 +92,7 @@ def up(
     pg_port: PgPort = 5432,
     llm_port: LlmPort = 8080,
     llm_engine: LlmEngine = "transformers",
-    llm_model: LlmModel = "",
+    llm_model: LlmModel = "smollm2",
     only: Only = "",
 ) -> None:
     """Start the services that are not running yet and wait until each answers (idempotent)."""
@@ -110,7 +113,7 @@ def down(
     pg_port: PgPort = 5432,
     llm_port: LlmPort = 8080,
     llm_engine: LlmEngine = "transformers",
-    llm_model: LlmModel = "",
+    llm_model: LlmModel = "smollm2",
     only: Only = "",
 ) -> None:
     """Stop the services started from HOME (SIGTERM, SIGKILL after a bound); data is kept."""
@@ -126,7 +129,7 @@ def status(
     pg_port: PgPort = 5432,
     llm_port: LlmPort = 8080,
     llm_engine: LlmEngine = "transformers",
-    llm_model: LlmModel = "",
+    llm_model: LlmModel = "smollm2",
     only: Only = "",
     env: Annotated[
         bool,

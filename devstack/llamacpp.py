@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import socket
 import subprocess
 import sys
@@ -25,16 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from devstack.models import SMOLLM2_GGUF
 
-def _model_cache() -> Path:
-    """Where ``scripts/build-llama-cpp.sh`` puts models (the same rule as the script)."""
-    if os.environ.get("RAG_MODEL_CACHE"):
-        return Path(os.environ["RAG_MODEL_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ragstream" / "models"
-
-
-#: The GGUF file ``scripts/build-llama-cpp.sh`` unpacks.
-SMOLLM2_GGUF = _model_cache() / "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILD_HINT = "run `bash scripts/build-llama-cpp.sh` (builds llama-cpp-python once per machine, ~12 minutes)"
 
 

