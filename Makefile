@@ -2,7 +2,7 @@
 # Both bootstrap the pinned virtualenv once per machine (scripts/bootstrap.sh) and start what they need.
 SHELL := /bin/bash
 .ONESHELL:
-.PHONY: venv demo test test-unit lint schema bench
+.PHONY: venv demo test test-slow test-all test-unit lint schema bench
 
 VENV_CMD = venv="$$(bash scripts/bootstrap.sh | tail -n 1)"; export PATH="$$venv/bin:$$PATH"
 
@@ -18,7 +18,16 @@ LINT = ruff check workers devstack tests bench && ruff format --check -q workers
 lint:
 	@$(VENV_CMD); $(LINT)
 
+# `make test`: lint + every test but those marked slow (about 10 minutes on 2 cores); `make test-slow`: the slow
+# ones (about 10 minutes: the demo, chaos, llama.cpp, gateway load, evaluation end to end); `make test-all`: both
+# in one session. CI (.ci/run) runs `make test` then `make test-slow`.
 test:
+	@$(VENV_CMD); $(LINT) && python -m pytest -q -p no:cacheprovider -m "not slow" $(ARGS)
+
+test-slow:
+	@$(VENV_CMD); python -m pytest -q -p no:cacheprovider -m slow $(ARGS)
+
+test-all:
 	@$(VENV_CMD); $(LINT) && python -m pytest -q -p no:cacheprovider $(ARGS)
 
 test-unit:

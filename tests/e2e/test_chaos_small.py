@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from bench.chaos import quick_options, run_chaos
 from devstack.stack import REPO_ROOT
 
 
+@pytest.mark.slow
 def test_small_chaos_run(tmp_path: Path) -> None:
     opts = quick_options(
         requests=60,

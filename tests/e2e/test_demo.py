@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from devstack.stack import REPO_ROOT
 
 #: Common English words: an English answer of a dozen words holds several of them, random tokens none.
@@ -56,6 +58,7 @@ def _answers(out: str) -> list[tuple[str, list[str]]]:
     return found
 
 
+@pytest.mark.slow
 def test_demo_answers_three_questions_in_english_with_sources_marked(tmp_path: Path) -> None:
     home = tmp_path / "demo"
     cmd = [

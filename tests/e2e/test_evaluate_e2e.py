@@ -141,6 +141,7 @@ def _png_check(path: Path) -> tuple[int, int, float]:
     return width, height, ink / (width * height)
 
 
+@pytest.mark.slow
 def test_replay_shadow_evaluate(
     stack: Any,
     pipeline_env: dict[str, str],

@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from devstack import llamacpp
 from devstack.pipeline import Pipeline
 from tests.e2e.conftest import responses_in_topic, settings_for
@@ -28,6 +30,7 @@ from workers.generator.citations import sentences
 _NOT_SET = ("RAG_LLM__", "RAG_RETRIEVER__LLM_TOKENIZER")
 
 
+@pytest.mark.slow
 def test_twenty_public_questions_through_llama_cpp(
     stack: Any, pipeline_env: dict[str, str], questions: list[dict[str, Any]], tmp_path: Path
 ) -> None:

@@ -81,6 +81,7 @@ def _wait_rows(database_url: str, table: str, n: int, timeout_s: float = 90.0) -
     return rows
 
 
+@pytest.mark.slow
 def test_readme_evaluation_commands_run_as_pasted(
     stack: Any,
     pipeline_env: dict[str, str],

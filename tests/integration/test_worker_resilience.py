@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import Consumer
 
 from devstack.pipeline import Pipeline
@@ -73,6 +74,7 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_llm_call_longer_than_max_poll_interval(
     stack: Any, sim_llm: Any, unique: str, make_topics: Any, tmp_path: Path
 ) -> None:
@@ -103,6 +105,7 @@ def test_llm_call_longer_than_max_poll_interval(
     assert all(c == 0 for c in codes.values()), codes
 
 
+@pytest.mark.slow
 def test_kill_9_mid_llm_call_then_restart_answers_once(
     stack: Any, sim_llm: Any, unique: str, make_topics: Any, tmp_path: Path
 ) -> None:
