@@ -43,8 +43,12 @@ class TopicSettings(_Section):
     prompts: str = "rag.prompts"
     responses: str = "rag.responses"
     dead_letter: str = "rag.dead-letter"
+    #: Token events of answers as they are generated (read by the gateway replica that asked).
+    tokens: str = "rag.tokens"
+    #: Control events to the workers: a gateway's cancels when a client goes away.
+    control: str = "rag.control"
 
-    def name(self, topic: Literal["requests", "prompts", "responses", "dead_letter"]) -> str:
+    def name(self, topic: Literal["requests", "prompts", "responses", "dead_letter", "tokens", "control"]) -> str:
         """Return the full topic name (prefix + base name) of one logical topic."""
         return self.prefix + str(getattr(self, topic))
 
