@@ -205,6 +205,12 @@ class GeneratorSettings(_Section):
     #: An answer sentence without [n] markers cites the passage holding at least this share of its content words
     #: (see ``workers/generator/citations.py``).
     attribution_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    #: Token events of a streamed answer (``Request.stream_tokens``) gather at most this many tokens ...
+    token_batch_max: int = Field(8, ge=1)
+    #: ... or wait at most this long (ms) for more before they are sent; the first token goes out at once.
+    token_batch_ms: float = Field(5.0, ge=0.0)
+    #: Read cancels from the control topic (clients that went away) and stop their generations.
+    cancels: bool = True
 
 
 class MonitorSettings(_Section):
