@@ -240,6 +240,36 @@ class MonolithSettings(_Section):
     drain_prompts: bool = True
 
 
+class GatewaySettings(_Section):
+    """``ragstream run gateway``: the OpenAI-compatible HTTP front (see ``workers/gateway/app.py``)."""
+
+    host: str = "0.0.0.0"
+    #: HTTP port (``auto``: a free one the system picks, logged).
+    port: int | Literal["auto"] = 8000
+    #: This replica's partition of the tokens and responses topics: its requests name it, and it reads only it.
+    #: None: the trailing number of the host name (``gateway-7`` → 7, a Kubernetes StatefulSet's ordinal), else 0.
+    #: Replicas must have different partitions, fewer than the topics' partition counts (README "Use it from any
+    #: OpenAI client").
+    reply_partition: int | None = Field(None, ge=0)
+    #: SHA-256 hex digests of the API keys accepted as ``Authorization: Bearer <key>`` (JSON list; ``ragstream
+    #: gateway-key`` prints a new key and its hash). The keys themselves are never stored, logged or labelled.
+    api_keys_sha256: list[str] = Field(default_factory=list)
+    #: Accept requests without a key (development only); with no key hashes and this off, the gateway refuses to start.
+    allow_anonymous: bool = False
+    #: Requests per second per API key (token bucket refilled at this rate) ...
+    rate_limit_per_s: float = Field(10.0, gt=0)
+    #: ... and the bucket's size, requests (0: the same as the rate, one second's worth).
+    rate_limit_burst: int = Field(0, ge=0)
+    #: Largest request body accepted (bytes); more is answered 413.
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    #: Seconds a request may take end to end (its deadline in the pipeline); then 504.
+    timeout_s: float = Field(120.0, gt=0)
+    #: Model id the gateway answers with (``GET /v1/models``; the ``model`` of a request is not checked).
+    model: str = "ragstream"
+    #: Seconds to wait for the broker's delivery report of a request before answering 503.
+    produce_timeout_s: float = Field(10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Every setting of one ragstream process; build it with :func:`load_settings`."""
 
@@ -262,6 +292,7 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     monitor: MonitorSettings = MonitorSettings()
     monolith: MonolithSettings = MonolithSettings()
+    gateway: GatewaySettings = GatewaySettings()
     retry: RetrySettings = RetrySettings()
 
 

@@ -6,7 +6,8 @@
   reports, so :meth:`KafkaTokenPublisher.send_and_wait` can await a final event's delivery.
 * :class:`ControlReader` reads the control topic without a consumer group, every partition from its end (only
   cancels that arrive while it runs matter), in a thread, and hands each :class:`CancelEvent` to a callback.
-* :func:`cancel_output` is what a gateway produces when a client goes away.
+* :func:`cancel_output` is what a gateway produces when a client goes away; :class:`DeliveringProducer` is the
+  producer with awaitable delivery reports both use (the gateway for its requests and cancels).
 """
 
 from __future__ import annotations
@@ -29,22 +30,23 @@ from workers.stream.records import Output
 log = logging.getLogger(__name__)
 
 
-class KafkaTokenPublisher:
-    """Produces token events (see the module docstring); implements the generator's ``TokenPublisher``.
+class DeliveringProducer:
+    """An idempotent producer with a thread that serves its delivery reports, for asyncio code that awaits them.
 
     Args:
         kafka: connection settings.
-        topic: the tokens topic (prefix applied).
-        delivery_timeout_s: longest :meth:`send_and_wait` waits for a delivery report (s).
+        delivery_timeout_s: longest :meth:`deliver` waits for a delivery report (s).
+        overrides: librdkafka properties (e.g. ``{"linger.ms": 0}``).
     """
 
-    def __init__(self, kafka: KafkaSettings, topic: str, delivery_timeout_s: float = 10.0) -> None:
-        self.topic = topic
+    def __init__(
+        self, kafka: KafkaSettings, delivery_timeout_s: float = 10.0, overrides: dict[str, object] | None = None
+    ) -> None:
         self.delivery_timeout_s = delivery_timeout_s
-        self.producer = KafkaProducer(kafka, poll_after_produce=False, overrides={"linger.ms": 0})
+        self.producer = KafkaProducer(kafka, poll_after_produce=False, overrides=overrides)
         self.failed = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="token-deliveries", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="deliveries", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
@@ -54,26 +56,18 @@ class KafkaTokenPublisher:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.failed += 1
-            log.warning("token event not delivered topic=%s: %s", msg.topic(), err)
+            log.warning("not delivered topic=%s: %s", msg.topic(), err)
 
-    def send(self, event: TokenEvent, request: Request) -> None:
-        """Queue ``event`` (no wait for its delivery).
+    def send(self, out: Output) -> None:
+        """Queue ``out`` without waiting for its delivery (a failure is logged and counted).
 
         Raises:
             BufferError: the local queue stayed full.
         """
-        rid = str(event.request_id)
-        self.producer.produce(
-            self.topic,
-            encode(event),
-            rid,
-            {"request_id": rid},
-            self._on_delivery,
-            partition=request.reply_partition,
-        )
+        self.producer.produce(out.topic, out.value, out.key, out.headers, self._on_delivery, partition=out.partition)
 
-    async def send_and_wait(self, event: TokenEvent, request: Request) -> None:
-        """Queue ``event`` and wait for its delivery report (events of a request are delivered in order).
+    async def deliver(self, out: Output) -> None:
+        """Queue ``out`` and wait for its delivery report (messages of one partition are delivered in order).
 
         Raises:
             RetryableError: not delivered, or no report within ``delivery_timeout_s``.
@@ -89,22 +83,60 @@ class KafkaTokenPublisher:
             self._on_delivery(err, msg)
             loop.call_soon_threadsafe(settle, err)
 
-        rid = str(event.request_id)
         await self.producer.produce_async(
-            self.topic, encode(event), rid, {"request_id": rid}, on_delivery, partition=request.reply_partition
+            out.topic, out.value, out.key, out.headers, on_delivery, partition=out.partition
         )
         try:
             err = await asyncio.wait_for(done, self.delivery_timeout_s)
         except TimeoutError:
-            raise RetryableError(f"no delivery report for a token event within {self.delivery_timeout_s} s") from None
+            raise RetryableError(
+                f"no delivery report from the broker within {self.delivery_timeout_s} s (topic {out.topic})"
+            ) from None
         if err is not None:
-            raise RetryableError(f"token event not delivered: {err}")
+            raise RetryableError(f"not delivered to {out.topic}: {err}")
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Flush within ``timeout_s`` seconds and stop the delivery thread."""
         self.producer.flush(timeout_s)
         self._stop.set()
         self._thread.join(1.0)
+
+
+class KafkaTokenPublisher:
+    """Produces token events (see the module docstring); implements the generator's ``TokenPublisher``.
+
+    Args:
+        kafka: connection settings.
+        topic: the tokens topic (prefix applied).
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        self.topic = topic
+        self.out = DeliveringProducer(kafka, overrides={"linger.ms": 0})
+
+    def _output(self, event: TokenEvent, request: Request) -> Output:
+        rid = str(event.request_id)
+        return Output(self.topic, encode(event), rid, {"request_id": rid}, request.reply_partition)
+
+    def send(self, event: TokenEvent, request: Request) -> None:
+        """Queue ``event`` (no wait for its delivery).
+
+        Raises:
+            BufferError: the local queue stayed full.
+        """
+        self.out.send(self._output(event, request))
+
+    async def send_and_wait(self, event: TokenEvent, request: Request) -> None:
+        """Queue ``event`` and wait for its delivery (events of a request are delivered in order).
+
+        Raises:
+            RetryableError: not delivered in time.
+        """
+        await self.out.deliver(self._output(event, request))
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush and stop."""
+        self.out.close(timeout_s)
 
 
 class ControlReader:
