@@ -77,11 +77,12 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class EventStream:
+class EventStream(Response):
     """An ASGI response of Server-Sent Events that notices a client going away (``on_disconnect`` is called and the
     event iterator closed) even while no event is due."""
 
     def __init__(self, events: AsyncIterator[bytes], on_disconnect: Callable[[], None]) -> None:
+        super().__init__(status_code=200, media_type="text/event-stream")
         self.events = events
         self.on_disconnect = on_disconnect
 
