@@ -169,3 +169,15 @@ class GatewayPipeline:
         """Stop every process this pipeline started."""
         if self.procs is not None:
             self.procs.stop(timeout_s=20)
+
+    def delete_topics(self) -> None:
+        """Delete this pipeline's topics (every topic with its prefix)."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.env["RAG_KAFKA__BOOTSTRAP_SERVERS"]})
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.prefix)]
+        for fut in admin.delete_topics(names, operation_timeout=30).values() if names else []:
+            try:
+                fut.result(timeout=60)
+            except Exception:  # noqa: BLE001 - clean-up is best effort
+                pass

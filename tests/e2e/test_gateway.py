@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,6 +44,14 @@ from workers.kafka.reader import read_topic, reader, watermarks
 from workers.settings import KafkaSettings
 
 QUESTION = "What is a tuple in Python?"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_section_blocks(title: str) -> list[tuple[str, str]]:
+    """``(language, code)`` of the fenced blocks of one README section."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```(\w+)\n(.*?)^```", section, re.M | re.S)
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +340,21 @@ async def test_the_chat_page_streams_an_answer_with_sources_and_timings(
         shot = await page.screenshot(tmp_path / "chat-page.png")
     print(f"\nchat page screenshot: {shot}")
     assert shot.stat().st_size > 10_000
+
+
+def test_the_readme_examples_run_as_pasted(gw: GatewayPipeline, sim_llm_server: SimulatedLLM) -> None:
+    """The curl and Python blocks of README "Use it from any OpenAI client", against this pipeline's gateway."""
+    sim_llm_server.reset(ttft_ms=20, per_token_ms=5, capacity=256, max_concurrent_requests=512)
+    blocks = readme_section_blocks("Use it from any OpenAI client")
+    curl = next(code for lang, code in blocks if lang == "bash" and "curl -N" in code)
+    python = next(code for lang, code in blocks if lang == "python")
+    env = {**os.environ, "OPENAI_BASE_URL": gw.urls[0] + "/v1", "OPENAI_API_KEY": gw.key}
+    commands = "\n".join(line for line in curl.splitlines() if not line.startswith("export "))  # the values: env
+    out = subprocess.run(["bash", "-c", commands], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("data: [DONE]") and out.stdout.count("data: ") > 5
+    out = subprocess.run([sys.executable, "-c", python], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    first, sources, streamed = out.stdout.splitlines()[:3]
+    assert "completion_tokens=32" in first and "with.md" in sources
+    assert streamed == first.split(" CompletionUsage(")[0]  # the same seed streams the same text
