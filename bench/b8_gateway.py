@@ -14,12 +14,15 @@ Rows (the simulated server: TTFT 50 ms, 10 ms per token, 64 tokens, capacity 256
 * ``B8 load``: 200 closed-loop streaming clients for 60 s (``--quick``: 50 clients, 15 s) spread over two replicas:
   answers lost (a stream without ``[DONE]``, an HTTP error), streams whose text differs from the Response of their
   request id on the responses topic (a mixed stream), p50/p99 TTFT, streams/s.
+
+``RAG_GENERATOR__TOKEN_BATCH_MAX`` / ``_MS`` set in the shell are passed to the generator (the batching lever).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +43,8 @@ CONCURRENCY = (1, 16)
 TTFT_MS, PER_TOKEN_MS, TOKENS = 50.0, 10.0, 64
 TARGET_RATIO, TARGET_P50_MS, TARGET_P99_MS = 0.97, 15.0, 50.0
 WORK_KEYS = ("embed_ms", "search_ms", "prompt_ms", "llm_ttft_ms")
+#: The generator's token batching settings of this shell (``RAG_GENERATOR__TOKEN_BATCH_MS=20``), passed on.
+EXTRA = {k: v for k, v in os.environ.items() if k.startswith("RAG_GENERATOR__TOKEN")}
 QUEUE_KEYS = ("retriever_queue_ms", "generator_queue_ms")
 
 
@@ -145,7 +150,7 @@ def run(env: BenchEnv, *, quick: bool, runs: int, options: dict[str, Any]) -> li
         log_dir=env.log_dir / "b8",
         gateways=2,
         table=CORPUS_TABLE,
-        extra_env={"RAG_GATEWAY__RATE_LIMIT_PER_S": "100000", "RAG_GATEWAY__TIMEOUT_S": "300"},
+        extra_env={"RAG_GATEWAY__RATE_LIMIT_PER_S": "100000", "RAG_GATEWAY__TIMEOUT_S": "300", **EXTRA},
     )
     pipe.start()
     try:

@@ -271,10 +271,13 @@ def test_refusals_never_reach_kafka(gw: GatewayPipeline, stack: Any) -> None:
                 posts = [ac.post("/v1/chat/completions", json=empty, headers=gw.headers()) for _ in range(11)]
                 return list(await asyncio.gather(*posts))
 
-        t0 = time.monotonic()
-        burst = asyncio.run(eleven())
-        assert time.monotonic() - t0 < 1.0
-        codes = [r.status_code for r in burst]
+        for _ in range(3):  # a burst the bucket refilled during (a slow machine: > 0.1 s for 11) is tried again
+            t0 = time.monotonic()
+            burst = asyncio.run(eleven())
+            codes = [r.status_code for r in burst]
+            if 429 in codes or time.monotonic() - t0 < 0.1:
+                break
+            time.sleep(1.2)
         assert codes.count(429) >= 1 and set(codes) == {400, 429}, codes
         limited = next(r for r in burst if r.status_code == 429)
         assert int(limited.headers["retry-after"]) >= 1 and limited.json()["error"]["type"] == "rate_limit_error"
