@@ -250,8 +250,8 @@ def gateway_key() -> None:
     from workers.gateway.limits import new_key
 
     key, digest = new_key()
-    console.print(f"key:    {key}\nsha256: {digest}")
-    console.print(f"export RAG_GATEWAY__API_KEYS_SHA256='[\"{digest}\"]'", highlight=False)
+    typer.echo(f"key:    {key}\nsha256: {digest}")  # plain lines (no wrapping): they are copied
+    typer.echo(f"export RAG_GATEWAY__API_KEYS_SHA256='[\"{digest}\"]'")
 
 
 @app.command()

@@ -158,3 +158,28 @@ def test_a_missing_event_waits_for_the_response_and_the_passages_come_with_the_f
     asm.on_token(last)
     assert asm.passages[0].text == "t"
     assert asm.on_response(Response(request_id=RID, answer=" a b c")) == " b c"
+
+
+def test_gateway_key_prints_a_key_and_its_digest_and_the_gateway_wants_one() -> None:
+    from typer.testing import CliRunner
+
+    from workers.cli import app
+    from workers.contracts.errors import ConfigError
+    from workers.gateway.app import api_keys, reply_partition
+    from workers.settings import Settings
+
+    out = CliRunner().invoke(app, ["gateway-key"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    key, digest = lines[0].split()[-1], lines[1].split()[-1]
+    assert key_hash(key) == digest and f'["{digest}"]' in lines[2]
+    with pytest.raises(ConfigError, match="RAG_GATEWAY__API_KEYS_SHA256"):
+        api_keys(Settings())
+    assert api_keys(Settings(gateway={"allow_anonymous": True})).identify(None) == "anonymous"
+    with pytest.raises(ConfigError, match="not SHA-256"):
+        api_keys(Settings(gateway={"api_keys_sha256": ["abc"]}))
+    assert [reply_partition(None, "gateway-7"), reply_partition(None, "web"), reply_partition(3, "gateway-7")] == [
+        7,
+        0,
+        3,
+    ]
