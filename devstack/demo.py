@@ -165,10 +165,13 @@ def main(
         ok = rows >= len(ids)
     finally:
         if keep_running:
-            console.print(f"[bold]gateway[/] (OpenAI API): {gateway}/v1   API key: {key}")
-            console.print(f"[bold]chat page[/]: {gateway}/   (paste the key into its key field)")
+            # soft_wrap: long lines stay whole, so the URL and the key can be copied
+            console.print(f"[bold]gateway[/] (OpenAI API): {gateway}/v1   API key: {key}", soft_wrap=True)
+            console.print(f"[bold]chat page[/]: {gateway}/   (paste the key into its key field)", soft_wrap=True)
             console.print(
-                f"  export OPENAI_BASE_URL={gateway}/v1 OPENAI_API_KEY={key}   # then any OpenAI client, see the README"
+                f"  export OPENAI_BASE_URL={gateway}/v1 OPENAI_API_KEY={key}   # then any OpenAI client (README)",
+                soft_wrap=True,
+                highlight=False,
             )
             console.print(
                 "[green]left running[/]: stop with `python -m devstack down --home " + str(home) + "`"
