@@ -183,3 +183,18 @@ def test_gateway_key_prints_a_key_and_its_digest_and_the_gateway_wants_one() -> 
         0,
         3,
     ]
+
+
+def test_the_gateway_loads_no_ml_library() -> None:
+    """ragstream[gateway] has no ML dependency: importing the gateway's wiring loads none."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, workers.gateway.app, workers.gateway.http, workers.cli; "
+        "ml = {'torch', 'transformers', 'sentence_transformers', 'tokenizers', 'huggingface_hub'}; "
+        "print(sorted(ml & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
