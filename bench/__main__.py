@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "B5": "bench.b5_monitor",
     "B6": "bench.b6_composition",
     "B7": "bench.b7_saturation",
+    "B8": "bench.b8_gateway",
     "B9": "bench.b9_shapes",
 }
 

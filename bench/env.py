@@ -1,14 +1,16 @@
 """What the benchmarks run against: a devstack of their own, topics per case, a corpus, worker processes.
 
 The stack lives in ``.devstack/bench`` on ports 29092 (Kafka), 25432 (PostgreSQL) and 28080 (the simulated
-LLM server), apart from the default and the test stacks. Each case gets a unique topic prefix and consumer
-groups, so cases never read each other's messages.
+LLM server), apart from the default and the test stacks (``RAG_BENCH_KAFKA_PORT``, ``RAG_BENCH_PG_PORT``,
+``RAG_BENCH_LLM_PORT`` move them, e.g. when another checkout's bench stack holds them). Each case gets a unique
+topic prefix and consumer groups, so cases never read each other's messages.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,9 +42,9 @@ def bench_stack_config(services: tuple[str, ...] = ("kafka", "postgres", "llm"))
     return StackConfig(
         home=BENCH_HOME,
         services=services,
-        kafka_port=29092,
-        pg_port=25432,
-        llm_port=28080,
+        kafka_port=int(os.environ.get("RAG_BENCH_KAFKA_PORT", "29092")),
+        pg_port=int(os.environ.get("RAG_BENCH_PG_PORT", "25432")),
+        llm_port=int(os.environ.get("RAG_BENCH_LLM_PORT", "28080")),
         llm_engine="simulated",
         llm_model="tiny",  # the simulated engine has no model; its prompt budgets use the tiny tokenizer
         llm_extra_args=("--max-concurrent-requests", "256", "--log-level", "WARNING"),

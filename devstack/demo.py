@@ -1,9 +1,11 @@
 """The demo: the whole pipeline on Python's reference docs, on a fresh machine, in one command.
 
 Starts the local stack (Kafka, PostgreSQL + pgvector, the TGI-compatible server), applies topics.yaml,
-ingests ``pydoc_data.topics``, starts retriever, generator and monitor as three processes, asks three
-questions of ``../shared/data/questions_public.jsonl`` through Kafka and prints each answer with its sources
-and stage timings, then the monitor's trace rows; stops what it started unless ``--keep-running``.
+ingests ``pydoc_data.topics``, starts retriever, generator and monitor as three processes and a gateway (the
+OpenAI-compatible HTTP front, with a new API key), asks three questions of
+``../shared/data/questions_public.jsonl`` through Kafka and prints each answer with its sources and stage timings,
+asks one more through the gateway, then prints the monitor's trace rows; stops what it started unless
+``--keep-running`` (then it prints the gateway's URL, its key and the chat page's address).
 
 Run: ``make demo`` (or ``python -m devstack.demo --help``).
 """
@@ -18,12 +20,14 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 
 from devstack.models import SMOLLM2
 from devstack.pipeline import Pipeline
 from devstack.stack import REPO_ROOT, Stack, StackConfig
+from workers.gateway.limits import new_key
 from workers.ports import resolve_port
 
 #: Tokens per answer: SmolLM2 gives two or three sentences in that many, and loops in more.
@@ -45,6 +49,14 @@ def load_questions(path: Path, n: int) -> list[str]:
         return BUILTIN_QUESTIONS[:n]
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [str(d["q"]) for d in lines[:n]]
+
+
+def port_taken(port: int) -> bool:
+    """True when something listens on 127.0.0.1:``port``."""
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def count_traces(database_url: str, table: str, request_ids: list[str]) -> int:
@@ -88,8 +100,13 @@ def main(
         subprocess.run([*cli, "topics", "apply", "--file", str(REPO_ROOT / "topics.yaml")], env=run_env, check=True)
         console.rule("[bold]3. ingest Python's reference docs (pydoc_data.topics)")
         subprocess.run([*cli, "ingest", "--python-docs"], env=run_env, check=True)
-        console.rule("[bold]4. workers: retriever, generator, monitor (three processes)")
+        console.rule("[bold]4. workers: retriever, generator, monitor (three processes) and a gateway")
         pipeline.start()
+        key, digest = new_key()
+        gw_port = resolve_port("auto" if port_taken(8000) else 8000, setting="RAG_GATEWAY__PORT")
+        gw_env = {**run_env, "RAG_GATEWAY__API_KEYS_SHA256": f'["{digest}"]', "RAG_GATEWAY__PORT": str(gw_port)}
+        pipeline.start_one("gateway", 0, env=gw_env)
+        gateway = f"http://127.0.0.1:{gw_port}"
         pipeline.wait_ready(timeout_s=180)
         for wp in pipeline.procs:
             console.print(f"  {wp.worker}: pid {wp.proc.pid}, log {wp.log_path}")
@@ -108,7 +125,25 @@ def main(
                 ids.append(str(resp.request_id))
                 print_response(q, resp)
                 console.print(f"client round trip: {(time.perf_counter() - t0) * 1000:.0f} ms")
-        console.rule("[bold]6. monitor")
+        console.rule("[bold]6. a question through the gateway (OpenAI API)")
+        t0 = time.perf_counter()
+        reply = httpx.post(
+            gateway + "/v1/chat/completions",
+            json={
+                "model": "ragstream",
+                "max_tokens": 32,
+                "messages": [{"role": "user", "content": BUILTIN_QUESTIONS[0]}],
+            },
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=180,
+        )
+        reply.raise_for_status()
+        answer = reply.json()
+        ids.append(answer["ragstream"]["request_id"])
+        console.print(f"POST {gateway}/v1/chat/completions: {answer['choices'][0]['message']['content']!r}")
+        console.print(f"sources: {[(x['document_id'], round(x['score'], 3)) for x in answer['sources']]}")
+        console.print(f"gateway round trip: {(time.perf_counter() - t0) * 1000:.0f} ms")
+        console.rule("[bold]7. monitor")
         rows = 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -141,6 +176,14 @@ def main(
         ok = rows >= len(ids)
     finally:
         if keep_running:
+            # soft_wrap: long lines stay whole, so the URL and the key can be copied
+            console.print(f"[bold]gateway[/] (OpenAI API): {gateway}/v1   API key: {key}", soft_wrap=True)
+            console.print(f"[bold]chat page[/]: {gateway}/   (paste the key into its key field)", soft_wrap=True)
+            console.print(
+                f"  export OPENAI_BASE_URL={gateway}/v1 OPENAI_API_KEY={key}   # then any OpenAI client (README)",
+                soft_wrap=True,
+                highlight=False,
+            )
             console.print(
                 "[green]left running[/]: stop with `python -m devstack down --home " + str(home) + "`"
                 " and kill the workers listed above"

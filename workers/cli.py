@@ -180,6 +180,7 @@ class Worker(StrEnum):
     generator = "generator"
     monitor = "monitor"
     monolith = "monolith"
+    gateway = "gateway"
 
 
 @app.command()
@@ -210,6 +211,11 @@ def run(worker: Annotated[Worker, typer.Argument(help="Which worker to run in th
 
     monolith: the retriever's and the generator's, RAG_MONITOR__TABLE,
     RAG_MONOLITH__DRAIN_PROMPTS.
+
+    gateway (the OpenAI-compatible HTTP front, one replica): RAG_GATEWAY__PORT,
+    RAG_GATEWAY__REPLY_PARTITION, RAG_GATEWAY__API_KEYS_SHA256,
+    RAG_GATEWAY__RATE_LIMIT_PER_S, RAG_GATEWAY__MAX_BODY_BYTES,
+    RAG_GATEWAY__TIMEOUT_S.
     """
     s = _settings()
     if worker is Worker.retriever:
@@ -225,10 +231,27 @@ def run(worker: Annotated[Worker, typer.Argument(help="Which worker to run in th
         from workers.monolith.app import serve as serve_monolith
 
         asyncio.run(serve_monolith(s))
+    elif worker is Worker.gateway:
+        from workers.gateway.app import serve as serve_gateway
+
+        asyncio.run(serve_gateway(s))
     else:
         from workers.monitor.app import run as run_monitor
 
         run_monitor(s)
+
+
+@app.command("gateway-key")
+def gateway_key() -> None:
+    """Print a new API key for the gateway and the SHA-256 digest to put into RAG_GATEWAY__API_KEYS_SHA256.
+
+    The key is shown once; the gateway keeps only its digest.
+    """
+    from workers.gateway.limits import new_key
+
+    key, digest = new_key()
+    typer.echo(f"key:    {key}\nsha256: {digest}")  # plain lines (no wrapping): they are copied
+    typer.echo(f"export RAG_GATEWAY__API_KEYS_SHA256='[\"{digest}\"]'")
 
 
 @app.command()

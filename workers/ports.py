@@ -104,3 +104,24 @@ def resolve_port(port: PortSetting, *, setting: str, host: str = "127.0.0.1") ->
         except OSError as exc:
             raise _in_use(want, setting, exc) from None
         return int(s.getsockname()[1])
+
+
+def bind_socket(port: PortSetting, *, setting: str, host: str = "0.0.0.0") -> socket.socket:
+    """A listening TCP socket on ``port`` (``"auto"``: one the system picks) for a server started later on it.
+
+    Raises:
+        ConfigError: the port is in use or 0 (one line naming the port and ``setting``).
+    """
+    if port == 0:
+        raise ConfigError(f"{setting} must be a port or auto, not 0")
+    want = 0 if port == "auto" else int(port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, want))
+    except OSError as exc:
+        sock.close()
+        raise _in_use(want, setting, exc) from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock

@@ -43,8 +43,12 @@ class TopicSettings(_Section):
     prompts: str = "rag.prompts"
     responses: str = "rag.responses"
     dead_letter: str = "rag.dead-letter"
+    #: Token events of answers as they are generated (read by the gateway replica that asked).
+    tokens: str = "rag.tokens"
+    #: Control events to the workers: a gateway's cancels when a client goes away.
+    control: str = "rag.control"
 
-    def name(self, topic: Literal["requests", "prompts", "responses", "dead_letter"]) -> str:
+    def name(self, topic: Literal["requests", "prompts", "responses", "dead_letter", "tokens", "control"]) -> str:
         """Return the full topic name (prefix + base name) of one logical topic."""
         return self.prefix + str(getattr(self, topic))
 
@@ -201,6 +205,12 @@ class GeneratorSettings(_Section):
     #: An answer sentence without [n] markers cites the passage holding at least this share of its content words
     #: (see ``workers/generator/citations.py``).
     attribution_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    #: Token events of a streamed answer (``Request.stream_tokens``) gather at most this many tokens ...
+    token_batch_max: int = Field(8, ge=1)
+    #: ... or wait at most this long (ms) for more before they are sent; the first token goes out at once.
+    token_batch_ms: float = Field(5.0, ge=0.0)
+    #: Read cancels from the control topic (clients that went away) and stop their generations.
+    cancels: bool = True
 
 
 class MonitorSettings(_Section):
@@ -230,6 +240,36 @@ class MonolithSettings(_Section):
     drain_prompts: bool = True
 
 
+class GatewaySettings(_Section):
+    """``ragstream run gateway``: the OpenAI-compatible HTTP front (see ``workers/gateway/app.py``)."""
+
+    host: str = "0.0.0.0"
+    #: HTTP port (``auto``: a free one the system picks, logged).
+    port: int | Literal["auto"] = 8000
+    #: This replica's partition of the tokens and responses topics: its requests name it, and it reads only it.
+    #: None: the trailing number of the host name (``gateway-7`` → 7, a Kubernetes StatefulSet's ordinal), else 0.
+    #: Replicas must have different partitions, fewer than the topics' partition counts (README "Use it from any
+    #: OpenAI client").
+    reply_partition: int | None = Field(None, ge=0)
+    #: SHA-256 hex digests of the API keys accepted as ``Authorization: Bearer <key>`` (JSON list; ``ragstream
+    #: gateway-key`` prints a new key and its hash). The keys themselves are never stored, logged or labelled.
+    api_keys_sha256: list[str] = Field(default_factory=list)
+    #: Accept requests without a key (development only); with no key hashes and this off, the gateway refuses to start.
+    allow_anonymous: bool = False
+    #: Requests per second per API key (token bucket refilled at this rate) ...
+    rate_limit_per_s: float = Field(10.0, gt=0)
+    #: ... and the bucket's size, requests (0: the same as the rate, one second's worth).
+    rate_limit_burst: int = Field(0, ge=0)
+    #: Largest request body accepted (bytes); more is answered 413.
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    #: Seconds a request may take end to end (its deadline in the pipeline); then 504.
+    timeout_s: float = Field(120.0, gt=0)
+    #: Model id the gateway answers with (``GET /v1/models``; the ``model`` of a request is not checked).
+    model: str = "ragstream"
+    #: Seconds to wait for the broker's delivery report of a request before answering 503.
+    produce_timeout_s: float = Field(10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Every setting of one ragstream process; build it with :func:`load_settings`."""
 
@@ -252,6 +292,7 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     monitor: MonitorSettings = MonitorSettings()
     monolith: MonolithSettings = MonolithSettings()
+    gateway: GatewaySettings = GatewaySettings()
     retry: RetrySettings = RetrySettings()
 
 

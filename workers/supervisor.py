@@ -36,6 +36,7 @@ READY_MARKERS = {
     "generator": "assigned role=generator",
     "monitor": "monitor started",
     "monolith": "assigned role=monolith ",
+    "gateway": "gateway on http://",
 }
 
 

@@ -41,13 +41,20 @@ def test_wrong_database_url_gives_one_line_error() -> None:
     assert "Traceback" not in out.stderr and "127.0.0.1:1" in lines[0]
 
 
-def test_schema_writes_four_json_schemas(tmp_path: object) -> None:
+def test_schema_writes_the_json_schemas_of_every_wire_model(tmp_path: object) -> None:
     out = _run(["schema", "--out", str(tmp_path)])
     assert out.returncode == 0, out.stderr
     import pathlib
 
     names = sorted(p.name for p in pathlib.Path(str(tmp_path)).iterdir())
-    assert names == ["dead_letter.schema.json", "prompt.schema.json", "request.schema.json", "response.schema.json"]
+    assert names == [
+        "cancel_event.schema.json",
+        "dead_letter.schema.json",
+        "prompt.schema.json",
+        "request.schema.json",
+        "response.schema.json",
+        "token_event.schema.json",
+    ]
 
 
 def test_ask_with_a_question_over_the_limit_is_a_one_line_request_error() -> None:

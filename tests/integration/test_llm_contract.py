@@ -191,9 +191,17 @@ async def test_stop_text_split_across_chunks_is_never_in_the_answer(
         assert spaces, f"premise: the answer has two words: {full!r}"
         i = spaces[len(spaces) // 2]
         stop = full[i - 2 : i + 3]
-        gen = await c.generate(MESSAGES, greedy(16, stop=["never in the text", stop]))
+        deltas: list[tuple[str, int]] = []
+
+        async def on_text(delta: str, attempt: int, into: list[tuple[str, int]] = deltas) -> None:
+            into.append((delta, attempt))
+
+        gen = await c.generate(MESSAGES, greedy(16, stop=["never in the text", stop]), on_text)
         assert gen.text == full[: full.index(stop)], (api, stop, full)
         assert stop not in gen.text and gen.finish_reason == "stop"
+        # Issue 13: the text passed on as it streams is the answer, without the stop text, in one attempt
+        assert "".join(d for d, _ in deltas) == gen.text and {n for _, n in deltas} == {1}
+        assert len(deltas) > (1 if stream else 0)
 
 
 # -- failures -----------------------------------------------------------------------------------------------------

@@ -10,13 +10,13 @@ is the model of this split), so a unit test can pass a fake and an integration t
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from workers.contracts.messages import ChatMessage, GenerationParams, Response
+from workers.contracts.messages import ChatMessage, GenerationParams, Passage, Request, Response, Usage
 
 # --------------------------------------------------------------------------- embedding
 
@@ -202,6 +202,12 @@ class Generation:
     attempts: int
 
 
+#: ``on_text(delta, attempt)``: a new piece of the answer's text as it is generated (a stop sequence is never passed
+#: on) and the number of the LLM call it belongs to within one ``generate`` (1 = the first; a retried call starts its
+#: text anew, from the beginning).
+OnText = Callable[[str, int], Awaitable[None]]
+
+
 class LLM(Protocol):
     """Generates answers (implementations: :class:`workers.adapters.llm_server.LLMServerClient` over HTTP,
     :class:`workers.adapters.llm_engine.EngineLLM` in-process).
@@ -224,8 +230,11 @@ class LLM(Protocol):
         """Read (once) and return what the server says about itself."""
         ...
 
-    async def generate(self, messages: list[ChatMessage], params: GenerationParams) -> Generation:
-        """Generate one answer to ``messages`` within ``params.max_new_tokens`` tokens."""
+    async def generate(
+        self, messages: list[ChatMessage], params: GenerationParams, on_text: OnText | None = None
+    ) -> Generation:
+        """Generate one answer to ``messages`` within ``params.max_new_tokens`` tokens; ``on_text`` (when given) is
+        awaited with the text as it streams in."""
         ...
 
     async def close(self) -> None:
@@ -250,4 +259,48 @@ class AnswerStore(Protocol):
 
     async def put(self, response: Response) -> bool:
         """Store a final Response (first write wins); True when it was new."""
+        ...
+
+
+# --------------------------------------------------------------------------- answers as they are generated
+
+
+class TokenStream(Protocol):
+    """Where the text of one request's answer goes as it is generated (one per request; the generator stage opens
+    it with :meth:`TokenSink.open`). Implementations batch and number the events."""
+
+    async def text(self, attempt: int, delta: str) -> None:
+        """The next piece of attempt ``attempt``'s text (a new, higher attempt starts its text from the beginning)."""
+        ...
+
+    async def finish(self, attempt: int, finish_reason: str | None, usage: Usage, passages: list[Passage]) -> None:
+        """The end of attempt ``attempt``: what is pending is sent, then the final event; returns once delivered.
+
+        Raises:
+            RetryableError: the events could not be delivered (the answer itself still goes out).
+        """
+        ...
+
+    def close(self) -> None:
+        """No final event will come (the generation failed or was cancelled): drop what is pending."""
+        ...
+
+
+class TokenSink(Protocol):
+    """Opens the token stream of a request that asks for one (``Request.stream_tokens``)."""
+
+    def open(self, request: Request) -> TokenStream:
+        """The stream of ``request``'s answer."""
+        ...
+
+
+class CancelWatch(Protocol):
+    """Which requests their clients gave up on (cancel events on the control topic)."""
+
+    def is_cancelled(self, request_id: uuid.UUID) -> bool:
+        """True when a cancel for ``request_id`` has been seen."""
+        ...
+
+    async def wait_cancelled(self, request_id: uuid.UUID) -> None:
+        """Return once ``request_id`` is cancelled (at once when it already is)."""
         ...

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from workers.adapters.concurrency import ConcurrencyLimiter
-from workers.adapters.interfaces import Generation
+from workers.adapters.interfaces import Generation, OnText
 from workers.contracts.errors import (
     GenerationError,
     LLMLoadingError,
@@ -22,9 +22,12 @@ from workers.contracts.errors import (
 )
 from workers.retry import RetryPolicy
 
-#: One attempt: called with ``t0`` (``time.perf_counter()`` seconds, taken once the attempt holds its slot);
-#: returns the Generation with ``ttft_ms``/``total_ms`` measured from ``t0``.
-Attempt = Callable[[float], Awaitable[Generation]]
+#: Called with each new piece of an attempt's text (stop text already cut).
+OnDelta = Callable[[str], Awaitable[None]]
+#: One attempt: called with ``t0`` (``time.perf_counter()`` seconds, taken once the attempt holds its slot) and the
+#: callback for its text (``None``: nobody listens); returns the Generation with ``ttft_ms``/``total_ms`` measured
+#: from ``t0``.
+Attempt = Callable[[float, OnDelta | None], Awaitable[Generation]]
 
 
 def error_for_status(status: int | None, detail: str, source: str = "LLM server") -> GenerationError:
@@ -57,6 +60,7 @@ async def generate_with_retries(
     timeout_s: float,
     classify: Callable[[BaseException], GenerationError],
     on_retry: Callable[[str], None] | None = None,
+    on_text: OnText | None = None,
 ) -> Generation:
     """Run ``attempt`` until it succeeds, fails for good, or ``retry.max_attempts`` attempts are made.
 
@@ -72,6 +76,8 @@ async def generate_with_retries(
             ``classify`` maps ``TimeoutError`` so).
         classify: Translates an exception into a ragstream generation error.
         on_retry: Called with the error's class name before each retry (metrics).
+        on_text: Awaited with each piece of text an attempt streams and the attempt's number (1 = the first call;
+            a retried attempt starts its text anew).
 
     Returns:
         The successful attempt's Generation, with ``attempts`` = calls made.
@@ -85,10 +91,18 @@ async def generate_with_retries(
     async def once() -> Generation:
         nonlocal attempts
         attempts += 1
+        number = attempts
+        on_delta: OnDelta | None = None
+        if on_text is not None:
+            listener = on_text
+
+            async def on_delta(delta: str) -> None:
+                await listener(delta, number)
+
         async with limiter.slot() as ticket:
             t0 = time.perf_counter()
             try:
-                gen = await asyncio.wait_for(attempt(t0), timeout=timeout_s)
+                gen = await asyncio.wait_for(attempt(t0, on_delta), timeout=timeout_s)
             except Exception as exc:  # translated, never leaked
                 err = classify(exc)
                 if isinstance(err, LLMOverloadedError):

@@ -22,6 +22,7 @@ The engine's busy time (seconds with at least one generation in flight) is kept 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import time
@@ -31,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from devstack.tgi.__main__ import build_parser
 from devstack.tgi.busy import BusyClock, register_busy_metrics
-from devstack.tgi.engine import Engine, EngineError, EngineRejectedError
+from devstack.tgi.engine import Engine, EngineError, EngineRejectedError, FinishEvent, TokenEvent
 from devstack.tgi.engines import create_engine
 from devstack.tgi.generation import (
     Admission,
@@ -39,16 +40,21 @@ from devstack.tgi.generation import (
     TGIError,
     begin,
     chat_parameters,
-    collect,
     limits_from_args,
     prepare,
     render_chat,
     stream,
 )
 from workers.adapters.concurrency import ConcurrencyLimiter, build_limiter
-from workers.adapters.interfaces import Generation, ServerInfo
-from workers.adapters.llm_calls import error_for_status, generate_with_retries
-from workers.adapters.llm_text import cut_at_stop, fold_system, normalize_finish_reason, rejects_system_role
+from workers.adapters.interfaces import Generation, OnText, ServerInfo
+from workers.adapters.llm_calls import OnDelta, error_for_status, generate_with_retries
+from workers.adapters.llm_text import (
+    StopTextFilter,
+    cut_at_stop,
+    fold_system,
+    normalize_finish_reason,
+    rejects_system_role,
+)
 from workers.contracts.errors import (
     ConfigError,
     GenerationError,
@@ -257,13 +263,17 @@ class EngineLLM:
 
     # -- generation
 
-    async def generate(self, messages: list[ChatMessage], params: GenerationParams) -> Generation:
+    async def generate(
+        self, messages: list[ChatMessage], params: GenerationParams, on_text: OnText | None = None
+    ) -> Generation:
         """Generate an answer in this process, retrying retryable failures up to ``max_attempts`` attempts.
 
         Args:
             messages: The chat messages, rendered with the engine's chat template.
             params: Sampling parameters; ``max_new_tokens`` bounds the answer (tokens); ``stop`` sequences end
                 it (the returned text stops before them).
+            on_text: Awaited with each new piece of the text as the engine generates it (a stop sequence is never
+                passed on) and the attempt's number (a retried attempt starts its text anew).
 
         Returns:
             The Generation: text, finish reason (``length`` or ``stop``, OpenAI's names), prompt and
@@ -277,12 +287,13 @@ class EngineLLM:
         """
         await self.start()  # outside the attempts: loading is not bounded by timeout_s
         return await generate_with_retries(
-            lambda t0: self._attempt(messages, params, t0),
+            lambda t0, on_delta: self._attempt(messages, params, t0, on_delta),
             limiter=self.limiter,
             retry=self.retry,
             timeout_s=self.settings.timeout_s,
             classify=classify,
             on_retry=self._on_retry,
+            on_text=on_text,
         )
 
     def _render(self, messages: list[ChatMessage]) -> str:
@@ -300,7 +311,9 @@ class EngineLLM:
             log.warning("llm engine system_role=fold from now on: its chat template refused a system message (%s)", exc)
             return render_chat(self.engine, [{"role": m.role, "content": m.content} for m in fold_system(messages)])
 
-    async def _attempt(self, messages: list[ChatMessage], params: GenerationParams, t0: float) -> Generation:
+    async def _attempt(
+        self, messages: list[ChatMessage], params: GenerationParams, t0: float, on_delta: OnDelta | None
+    ) -> Generation:
         engine = self.engine
         request_id = await begin(engine)
         prompt = self._render(messages)
@@ -308,18 +321,38 @@ class EngineLLM:
         prep = prepare(engine, self.limits, prompt, gp, chat=True, request_id=request_id)
         self._admission.admit(self.limits.max_concurrent_requests)
         try:
-            res = await collect(stream(engine, prep, self.busy), clock=time.perf_counter)
+            tokens: list[TokenEvent] = []
+            finish: FinishEvent | None = None
+            first: float | None = None
+            cut = StopTextFilter(prep.stop)
+            events = stream(engine, prep, self.busy)
+            async with contextlib.aclosing(events):
+                async for ev in events:
+                    if isinstance(ev, FinishEvent):
+                        finish = ev
+                        break
+                    first = first if first is not None else time.perf_counter()
+                    tokens.append(ev)
+                    piece = cut.feed(ev.text) if not ev.special else ""
+                    if piece and on_delta is not None:
+                        await on_delta(piece)
+            if finish is None:
+                raise EngineError("engine ended without a finish event")
+            tail = cut.finish()
+            if tail and on_delta is not None:
+                await on_delta(tail)
         finally:
             self._admission.release()
         t1 = time.perf_counter()
-        text = cut_at_stop(res.text, prep.stop) if res.finish_reason == "stop_sequence" else res.text
+        text = "".join(t.text for t in tokens if not t.special)
+        text = cut_at_stop(text, prep.stop) if finish.finish_reason == "stop_sequence" else text
         return Generation(
             text=text,
-            finish_reason=normalize_finish_reason(res.finish_reason),
+            finish_reason=normalize_finish_reason(finish.finish_reason),
             prompt_tokens=prep.input_length,
-            completion_tokens=len(res.tokens),
+            completion_tokens=len(tokens),
             model_id=engine.info().model_id,
-            ttft_ms=((res.first_token_at or t1) - t0) * 1000.0,
+            ttft_ms=((first or t1) - t0) * 1000.0,
             total_ms=(t1 - t0) * 1000.0,
             attempts=1,
         )

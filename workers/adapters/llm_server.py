@@ -33,7 +33,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -49,7 +48,7 @@ from huggingface_hub.errors import (
 )
 
 from workers.adapters.concurrency import ConcurrencyLimiter, build_limiter
-from workers.adapters.interfaces import Generation, ServerInfo
+from workers.adapters.interfaces import Generation, OnText, ServerInfo
 from workers.adapters.llm_calls import error_for_status, generate_with_retries
 from workers.adapters.llm_discovery import (
     Capabilities,
@@ -59,11 +58,11 @@ from workers.adapters.llm_discovery import (
     find_tokenize_route,
     parse_server_info,
 )
+from workers.adapters.llm_stream import Acc, OnDelta, chat_chunk, collect, read_usage, tg_chunk, whole
 from workers.adapters.llm_text import (
     StopTextFilter,
     error_message,
     fold_system,
-    normalize_finish_reason,
     rejects_system_role,
 )
 from workers.contracts.errors import (
@@ -363,13 +362,17 @@ class LLMServerClient:
 
     # -- generation
 
-    async def generate(self, messages: list[ChatMessage], params: GenerationParams) -> Generation:
+    async def generate(
+        self, messages: list[ChatMessage], params: GenerationParams, on_text: OnText | None = None
+    ) -> Generation:
         """Generate an answer, retrying retryable failures up to ``max_attempts`` calls in all.
 
         Args:
             messages: the chat messages built by the retriever.
             params: sampling parameters; ``max_new_tokens`` bounds the answer (tokens); the answer ends before the
                 first of ``stop``, whichever server answers.
+            on_text: awaited with each new piece of the answer's text as it streams in (a stop text is never
+                passed on) and the number of the call it belongs to (a retried call starts its text anew).
 
         Returns:
             The finished :class:`Generation` (finish reason ``stop`` or ``length``).
@@ -380,23 +383,26 @@ class LLMServerClient:
             LLMStreamError: an error event arrived inside the stream (no partial answer is returned).
         """
         return await generate_with_retries(
-            lambda t0: self._attempt(messages, params, t0),
+            lambda t0, on_delta: self._attempt(messages, params, t0, on_delta),
             limiter=self.limiter,
             retry=self.retry,
             timeout_s=self.settings.timeout_s,
             classify=classify,
             on_retry=self._on_retry,
+            on_text=on_text,
         )
 
-    async def _attempt(self, messages: list[ChatMessage], params: GenerationParams, t0: float) -> Generation:
+    async def _attempt(
+        self, messages: list[ChatMessage], params: GenerationParams, t0: float, on_delta: OnDelta | None
+    ) -> Generation:
         if self._caps is None:
             await self.info()
         if self.api != "chat":
-            return await self._text_generation(messages, params, t0)
+            return await self._text_generation(messages, params, t0, on_delta)
         if self.system_role == "fold":
-            return await self._chat(fold_system(messages), params, t0)
+            return await self._chat(fold_system(messages), params, t0, on_delta)
         try:
-            return await self._chat(messages, params, t0)
+            return await self._chat(messages, params, t0, on_delta)
         except HfHubHTTPError as exc:
             if self.system_role != "auto" or not any(m.role == "system" for m in messages):
                 raise
@@ -409,23 +415,31 @@ class LLMServerClient:
                 "into the first user turn (set RAG_LLM__SYSTEM_ROLE=fold to start so)",
                 detail[:200],
             )
-            return await self._chat(fold_system(messages), params, time.perf_counter())
+            return await self._chat(fold_system(messages), params, time.perf_counter(), on_delta)
 
-    async def _chat(self, messages: list[ChatMessage], params: GenerationParams, t0: float) -> Generation:
+    async def _chat(
+        self, messages: list[ChatMessage], params: GenerationParams, t0: float, on_delta: OnDelta | None
+    ) -> Generation:
         if self.settings.stream:
-            gen = await self._chat_call(messages, params, t0, stream=True)
+            gen = await self._chat_call(messages, params, t0, on_delta, stream=True)
             if gen is not None:
                 return gen
             # The stream ended before any token and without a finish reason: llama-cpp-python refuses a prompt so
             # (an over-long one, a template error) after answering 200. Asked without streaming, the server answers
             # with its status (400 context_length_exceeded → permanent), or with the answer.
             log.debug("llm stream ended empty without a finish reason; asking again without streaming")
-        gen = await self._chat_call(messages, params, t0, stream=False)
+        gen = await self._chat_call(messages, params, t0, on_delta, stream=False)
         assert gen is not None
         return gen
 
     async def _chat_call(
-        self, messages: list[ChatMessage], params: GenerationParams, t0: float, *, stream: bool
+        self,
+        messages: list[ChatMessage],
+        params: GenerationParams,
+        t0: float,
+        on_delta: OnDelta | None,
+        *,
+        stream: bool,
     ) -> Generation | None:
         client = self.client if stream or not self.settings.stream else self.once_client
         answer: Any = await client.chat_completion(
@@ -440,17 +454,18 @@ class LLMServerClient:
             stream_options=ChatCompletionInputStreamOptions(include_usage=True) if stream else None,
         )
         if stream:
-            return await _collect(answer, t0, _chat_chunk, params.stop)
-        acc = _Acc(StopTextFilter(params.stop))
+            return await collect(answer, t0, chat_chunk, params.stop, on_delta)
+        acc = Acc(StopTextFilter(params.stop))
         acc.ttft = time.perf_counter()
         choice = answer.choices[0] if answer.choices else None
-        acc.add((choice.message.content or "") if choice is not None else "")
         acc.finish_reason = choice.finish_reason if choice is not None else None
         acc.model_id = answer.model or None
-        _read_usage(answer.usage, acc)
-        return acc.generation(t0)
+        read_usage(answer.usage, acc)
+        return await whole(acc, (choice.message.content or "") if choice is not None else "", t0, on_delta)
 
-    async def _text_generation(self, messages: list[ChatMessage], params: GenerationParams, t0: float) -> Generation:
+    async def _text_generation(
+        self, messages: list[ChatMessage], params: GenerationParams, t0: float, on_delta: OnDelta | None
+    ) -> Generation:
         do_sample = bool(params.temperature) or params.top_p is not None
         for stream in (True, False) if self.settings.stream else (False,):
             client = self.client if stream or not self.settings.stream else self.once_client
@@ -466,105 +481,17 @@ class LLMServerClient:
                 do_sample=do_sample,
             )
             if stream:
-                gen = await _collect(answer, t0, _tg_chunk, params.stop)
+                gen = await collect(answer, t0, tg_chunk, params.stop, on_delta)
                 if gen is not None:
                     return gen
                 continue  # an empty stream without details: ask once without streaming (see _chat)
-            acc = _Acc(StopTextFilter(params.stop))
+            acc = Acc(StopTextFilter(params.stop))
             acc.ttft = time.perf_counter()
-            acc.add(answer.generated_text)
             if answer.details is not None:
                 acc.finish_reason = str(answer.details.finish_reason)
                 acc.completion_tokens = answer.details.generated_tokens or 0
-            return acc.generation(t0)
+            return await whole(acc, answer.generated_text, t0, on_delta)
         raise AssertionError("unreachable: the last pass does not stream")
-
-
-@dataclass
-class _Acc:
-    """What a generation has brought so far: the text (stop text cut), counts, finish reason, TTFT."""
-
-    stop: StopTextFilter
-    parts: list[str] = field(default_factory=list)
-    tokens: int = 0
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    model_id: str | None = None
-    ttft: float | None = None
-
-    def add(self, piece: str) -> None:
-        out = self.stop.feed(piece)
-        if out:
-            self.parts.append(out)
-
-    def generation(self, t0: float) -> Generation:
-        self.parts.append(self.stop.finish())
-        t1 = time.perf_counter()
-        return Generation(
-            text="".join(self.parts),
-            finish_reason=normalize_finish_reason(self.finish_reason, stopped_at_sequence=self.stop.stopped),
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens or self.tokens,
-            model_id=self.model_id,
-            ttft_ms=((self.ttft or t1) - t0) * 1000.0,
-            total_ms=(t1 - t0) * 1000.0,
-            attempts=1,
-        )
-
-
-def _read_usage(usage: Any, acc: _Acc) -> None:
-    if usage is not None:
-        acc.prompt_tokens = usage.prompt_tokens or 0
-        acc.completion_tokens = usage.completion_tokens or 0
-
-
-def _chat_chunk(chunk: Any, acc: _Acc) -> None:
-    if getattr(chunk, "model", None):
-        acc.model_id = chunk.model
-    for choice in chunk.choices or []:
-        delta = choice.delta
-        if delta is not None and delta.content:
-            acc.add(delta.content)
-            acc.tokens += 1
-        if choice.finish_reason:
-            acc.finish_reason = choice.finish_reason
-    _read_usage(getattr(chunk, "usage", None), acc)
-
-
-def _tg_chunk(chunk: Any, acc: _Acc) -> None:
-    tok = chunk.token
-    if tok is not None and not tok.special:
-        acc.add(tok.text)
-    acc.tokens += 1
-    if chunk.details is not None:
-        acc.finish_reason = str(chunk.details.finish_reason)
-        acc.completion_tokens = chunk.details.generated_tokens or acc.tokens
-
-
-async def _collect(stream: Any, t0: float, on_chunk: Callable[[Any, _Acc], None], stop: list[str]) -> Generation | None:
-    """Read a stream to its end: the Generation, or None when it ended (or broke off) before its first token
-    without a finish reason.
-
-    Raises:
-        LLMLoadingError: the stream ended after some tokens without a finish reason (the server went away in the
-            middle of the answer; retryable, no partial answer is returned).
-    """
-    acc = _Acc(StopTextFilter(stop))
-    try:
-        async for chunk in stream:
-            if acc.ttft is None:
-                acc.ttft = time.perf_counter()
-            on_chunk(chunk, acc)
-    except httpx.TransportError as exc:  # the body broke off (llama-cpp-python refusing a prompt mid-response)
-        if acc.tokens or isinstance(exc, httpx.TimeoutException):
-            raise
-        return None
-    if acc.finish_reason is None:
-        if acc.tokens == 0:
-            return None
-        raise LLMLoadingError(f"the LLM stream ended after {acc.tokens} tokens without a finish reason")
-    return acc.generation(t0)
 
 
 def _request_json(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:

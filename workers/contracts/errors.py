@@ -99,6 +99,12 @@ class LLMStreamError(GenerationError, PermanentError):
     error_class = "llm_stream_error"
 
 
+class RequestCancelledError(PermanentError):
+    """The client gave up on the request (a cancel on the control topic); its answer is ``cancelled``."""
+
+    error_class = "cancelled"
+
+
 class RequestValidationError(PermanentError):
     """A request a client builds breaks the Request contract: a field outside its limits (``RagClient.ask``).
 

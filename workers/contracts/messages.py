@@ -1,4 +1,4 @@
-"""Wire models of the four message kinds (DESIGN.md §4), validated when a message enters a stage.
+"""Wire models of the message kinds (DESIGN.md §5), validated when a message enters a stage.
 
 Every message is JSON with ``schema_version``, ``request_id`` (UUID) and ``created_at`` (UTC). A Request built in
 Python gets a fresh request id when none is given, but one read from the wire must carry its own (validation
@@ -47,6 +47,17 @@ class GenerationParams(_Wire):
     stop: list[str] = Field(default_factory=list, max_length=8)
 
 
+class ChatMessage(_Wire):
+    """One message of the chat sent to the LLM server (Messages API)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+#: Earlier turns a Request may carry (``Request.history``), and their total characters.
+MAX_HISTORY_MESSAGES = 200
+MAX_HISTORY_CHARS = 200_000
+
 #: Marks a Request read from the wire without a ``request_id`` (see ``Request._request_id_on_the_wire``).
 _MISSING_ON_THE_WIRE = object()
 
@@ -77,7 +88,16 @@ class Request(_Wire):
     generation: GenerationParams = Field(default_factory=lambda: GenerationParams())
     deadline: datetime | None = None
     reply_topic: str | None = None
+    #: The partition the answer goes to, and the token events when ``stream_tokens``: the asking gateway
+    #: replica's own partition of the responses topic (or of ``reply_topic``) and of the tokens topic, so that each
+    #: replica reads its own replies only. ``None``: partitioned by key (request id) as usual.
+    reply_partition: int | None = Field(None, ge=0, le=65_535)
+    #: Produce the answer's text as it is generated, as :class:`TokenEvent` records on the tokens topic.
+    stream_tokens: bool = False
     session_id: str | None = None
+    #: Earlier turns of the conversation, oldest first (the question itself is ``query``); the retriever uses them
+    #: for the search query of a short or referring question, and the prompt keeps as many as fit its budget.
+    history: list[ChatMessage] = Field(default_factory=list, max_length=MAX_HISTORY_MESSAGES)
 
     @model_validator(mode="before")
     @classmethod
@@ -103,6 +123,14 @@ class Request(_Wire):
             raise ValueError("datetimes must carry a timezone (UTC)")
         return v
 
+    @field_validator("history")
+    @classmethod
+    def _history_size(cls, v: list[ChatMessage]) -> list[ChatMessage]:
+        total = sum(len(m.content) for m in v)
+        if total > MAX_HISTORY_CHARS:
+            raise ValueError(f"history of {total} characters is longer than {MAX_HISTORY_CHARS}")
+        return v
+
 
 class Passage(_Wire):
     """One retrieved chunk with its cosine similarity (1 = same direction)."""
@@ -116,13 +144,6 @@ class Passage(_Wire):
     text_score: float | None = Field(None, description="Full-text rank (ts_rank_cd) when the query's words matched.")
     fused_score: float | None = Field(None, description="Reciprocal-rank-fusion score (hybrid search).")
     context: str = Field("", description="Title / nearest heading the chunk was indexed with (not in text).")
-
-
-class ChatMessage(_Wire):
-    """One message of the chat sent to the LLM server (Messages API)."""
-
-    role: Literal["system", "user", "assistant"]
-    content: str
 
 
 class Provenance(_Wire):
@@ -210,12 +231,13 @@ class ErrorInfo(_Wire):
 #: * ``rejected``: the request is invalid (it fails the Request schema, or names an unknown filter field); nothing
 #:   was retrieved or generated, and the same request is rejected again (final);
 #: * ``error``: a stage failed for good; ``expired``: the deadline passed first; ``model_unavailable``: the LLM
-#:   stayed away through the retries (not final: a later redelivery tries again).
-ResponseStatus = Literal["ok", "error", "expired", "model_unavailable", "rejected", "no_context"]
+#:   stayed away through the retries (not final: a later redelivery tries again);
+#: * ``cancelled``: the client went away (a cancel on the control topic) and generation was stopped (final).
+ResponseStatus = Literal["ok", "error", "expired", "model_unavailable", "rejected", "no_context", "cancelled"]
 #: Statuses that carry an answer text (the others carry an ``error``).
 ANSWER_STATUSES = frozenset({"ok", "no_context"})
 #: Statuses that end a request for good: kept in the answer store, never produced again for the request id.
-FINAL_STATUSES = frozenset({"ok", "error", "expired", "rejected", "no_context"})
+FINAL_STATUSES = frozenset({"ok", "error", "expired", "rejected", "no_context", "cancelled"})
 
 
 class Response(_Wire):
@@ -247,6 +269,44 @@ class Response(_Wire):
         if self.status not in ANSWER_STATUSES and self.error is None:
             raise ValueError(f"a Response with status {self.status!r} must carry an error")
         return self
+
+
+class TokenEvent(_Wire):
+    """Text of an answer as it is generated; generator → the asking gateway replica (tokens topic).
+
+    A generation *attempt* streams its text in order: event ``seq`` 0, 1, 2, ... each carries the next ``delta``
+    (one or more tokens, batched), starting at character ``offset`` of the attempt's text. The last event of an
+    attempt has ``final`` set, with the finish reason and usage. A redelivered prompt (a generator crashed) is
+    generated again as a new attempt with a higher number and the same seed; the reader checks that its text
+    continues what it already has. The Response on the responses topic stays the authoritative answer.
+    """
+
+    schema_version: Literal[1] = 1
+    request_id: uuid.UUID
+    created_at: datetime = Field(default_factory=utcnow)
+    #: Identifies one generation attempt of the request: a later attempt has a higher number (microseconds since
+    #: the epoch when it started, at least one more than the replica's previous attempt of the request).
+    attempt: int = Field(ge=0)
+    seq: int = Field(ge=0, description="Position of this event in its attempt (0 = first).")
+    offset: int = Field(0, ge=0, description="Characters of the attempt's text before this delta.")
+    delta: str = ""
+    tokens: int = Field(0, ge=0, description="Tokens in this delta (as the LLM streamed them).")
+    final: bool = False
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    #: With the final event: the passages the answer was generated from, with their text (the Response carries
+    #: their ids and scores only), for a chat page to show.
+    passages: list[Passage] = Field(default_factory=list)
+
+
+class CancelEvent(_Wire):
+    """Stop working on a request (its client went away); gateway → generators (control topic)."""
+
+    schema_version: Literal[1] = 1
+    request_id: uuid.UUID
+    created_at: datetime = Field(default_factory=utcnow)
+    kind: Literal["cancel"] = "cancel"
+    reason: str = Field("client disconnected", max_length=500)
 
 
 class DeadLetter(_Wire):
@@ -294,4 +354,6 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "prompt": Prompt,
     "response": Response,
     "dead_letter": DeadLetter,
+    "token_event": TokenEvent,
+    "cancel_event": CancelEvent,
 }

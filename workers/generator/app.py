@@ -9,6 +9,7 @@ expired prompts without an LLM call, produces the Response (and the request's re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -17,11 +18,14 @@ from prometheus_client import CollectorRegistry
 from workers.adapters.answers import PgAnswerStore
 from workers.adapters.interfaces import LLM, AnswerStore
 from workers.adapters.postgres import open_async_pool
-from workers.contracts.messages import Prompt, Request
+from workers.contracts.messages import CancelEvent, Prompt, Request
+from workers.generator.cancels import Cancellations
 from workers.generator.metrics import GeneratorMetrics
 from workers.generator.stage import STAGE, GeneratorStage
+from workers.generator.tokens import BatchingTokenSink
 from workers.kafka.admin import check_broker
 from workers.kafka.loop import serve_handler
+from workers.kafka.streams import ControlReader, KafkaTokenPublisher
 from workers.ports import start_metrics_server
 from workers.retry import retry_policies
 from workers.settings import Settings
@@ -71,6 +75,33 @@ async def open_answer_store(settings: Settings, resources: contextlib.AsyncExitS
     store = PgAnswerStore(pool, settings.generator.answer_table)
     await store.ensure_schema()
     return store
+
+
+def build_stage(
+    settings: Settings, llm: LLM, metrics: GeneratorMetrics, resources: contextlib.AsyncExitStack
+) -> GeneratorStage:
+    """The generator stage with its token stream (a Kafka publisher to the tokens topic, batching per the
+    ``generator.token_batch_*`` settings) and, with ``generator.cancels``, the cancels read from the control topic.
+
+    Call it on the running event loop: cancels are handed to it from the control reader's thread.
+    """
+    publisher = KafkaTokenPublisher(settings.kafka, settings.topics.name("tokens"))
+    resources.callback(publisher.close)
+    sink = BatchingTokenSink(publisher, settings.generator.token_batch_max, settings.generator.token_batch_ms)
+    cancels: Cancellations | None = None
+    if settings.generator.cancels:
+        watch = Cancellations()
+        loop = asyncio.get_running_loop()
+
+        def on_cancel(event: CancelEvent) -> None:
+            log.info("cancel request_id=%s reason=%s", event.request_id, event.reason)
+            loop.call_soon_threadsafe(watch.cancel, event.request_id)
+
+        control = ControlReader(settings.kafka, settings.topics.name("control"), on_cancel)
+        if control.start():
+            cancels = watch
+        resources.callback(control.stop)
+    return GeneratorStage(llm, metrics, settings.generator.attribution_threshold, tokens=sink, cancels=cancels)
 
 
 def build_runner(
@@ -129,9 +160,7 @@ async def serve(settings: Settings) -> None:
         info = await llm.info()
         log.info("LLM model_id=%s max_total_tokens=%s api=%s", info.model_id, info.max_total_tokens, llm.api)
         answers = await open_answer_store(settings, resources)
-        runner = build_runner(
-            settings, [GeneratorStage(llm, metrics, settings.generator.attribution_threshold)], answers, registry
-        )
+        runner = build_runner(settings, [build_stage(settings, llm, metrics, resources)], answers, registry)
         await serve_handler(
             settings,
             runner,
@@ -143,4 +172,4 @@ async def serve(settings: Settings) -> None:
         )
 
 
-__all__ = ["build_llm", "build_runner", "open_answer_store", "serve"]
+__all__ = ["build_llm", "build_runner", "build_stage", "open_answer_store", "serve"]

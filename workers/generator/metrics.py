@@ -24,3 +24,13 @@ class GeneratorMetrics:
         )
         self.tokens = Counter(f"{prefix}_completion_tokens", "Generated tokens", registry=reg)
         self.retries = Counter(f"{prefix}_llm_retries", "Retried LLM calls by error", ["error"], registry=reg)
+        self.cancelled = Counter(f"{prefix}_cancelled", "Requests cancelled by their client", registry=reg)
+        self.tokens_saved = Counter(
+            f"{prefix}_cancelled_tokens_saved", "Token budget not generated because the client cancelled", registry=reg
+        )
+        self.seconds_saved = Counter(
+            f"{prefix}_cancelled_llm_seconds_saved",
+            "Estimated LLM seconds not spent because the client cancelled: the remaining token budget times the "
+            "generation's time per token so far (an upper bound: the model may have ended sooner)",
+            registry=reg,
+        )

@@ -389,7 +389,9 @@ class WorkerLoop:
     async def _produce(self, out: Output, on_delivery: DeliveryCallback, inc: Incoming | None = None) -> None:
         while True:
             try:
-                await self.producer.produce_async(out.topic, out.value, out.key, out.headers, on_delivery)
+                await self.producer.produce_async(
+                    out.topic, out.value, out.key, out.headers, on_delivery, partition=out.partition
+                )
                 return
             except KafkaException as exc:  # refused locally (e.g. larger than message.max.bytes)
                 if inc is None or out.topic == self.config.dead_letter_topic:

@@ -34,7 +34,6 @@ from workers.adapters.traces import TraceRecorder
 from workers.contracts.messages import Request
 from workers.generator import app as generator_app
 from workers.generator.metrics import GeneratorMetrics
-from workers.generator.stage import GeneratorStage
 from workers.kafka.admin import check_broker, topic_partitions
 from workers.kafka.loop import WorkerLoop, build_worker_loop
 from workers.kafka.metrics import build_loop_metrics
@@ -90,7 +89,7 @@ async def serve(settings: Settings) -> None:
             # The LLM's own limits and token counting: the in-process engine's, or the server's /info and /tokenize.
             counter = llm if isinstance(llm, LLMTokenCounter) else None
             retriever = retriever_app.build_stage(settings, registry, sync_resources, limits=info, counter=counter)
-            generator = GeneratorStage(llm, gen_metrics, settings.generator.attribution_threshold)
+            generator = generator_app.build_stage(settings, llm, gen_metrics, resources)
             answers = await generator_app.open_answer_store(settings, resources)
             monitor = await open_monitor_stage(settings, registry, sync_resources)
             loop_metrics = build_loop_metrics(registry)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
 from workers.contracts.errors import ConfigError, PromptTooLargeError
@@ -141,6 +141,7 @@ class BuiltPrompt(Generic[H]):
         passage_tokens: tokens of each kept passage as rendered (LLM tokenizer), same order.
         template_id: id of the template used.
         template_hash: its hash (12 hex).
+        history_kept: earlier turns of the conversation in the prompt.
     """
 
     messages: list[ChatMessage]
@@ -151,6 +152,61 @@ class BuiltPrompt(Generic[H]):
     passage_tokens: list[int]
     template_id: str
     template_hash: str
+    #: Earlier turns of the conversation in the prompt (the most recent ones; see :func:`add_history`).
+    history_kept: int = 0
+
+
+def add_history(
+    built: BuiltPrompt[H],
+    history: Sequence[ChatMessage],
+    count_tokens: CountTokens,
+    budget: int | None,
+) -> BuiltPrompt[H]:
+    """``built`` with as many of the most recent earlier turns as fit in ``budget`` after its passages.
+
+    The turns go between the system message and the question, oldest first; a kept run starts with a user turn
+    (templates that want roles to alternate). Earlier system messages (a client's instructions) are appended to the
+    system message when they fit, before any turn. Each message costs its tokens plus
+    :data:`PER_MESSAGE_OVERHEAD_TOKENS`.
+
+    Args:
+        built: the prompt with its passages.
+        history: earlier turns, oldest first.
+        count_tokens: tokens of each text in the LLM's tokenizer.
+        budget: prompt tokens allowed (``None``: no limit, every turn is kept).
+
+    Returns:
+        The prompt with the turns (``history_kept`` says how many) and its token count raised by theirs.
+    """
+    if not history:
+        return built
+    system = [m.content for m in history if m.role == "system"]
+    turns = [m for m in history if m.role != "system"]
+    counts = count_tokens([*system, *(m.content for m in turns)]) if budget is not None else [0] * len(history)
+    room = None if budget is None else budget - built.prompt_tokens
+    used = 0
+    extra: list[str] = []
+    for text, n in zip(system, counts[: len(system)], strict=True):
+        if room is None or used + n <= room:
+            extra.append(text)
+            used += n
+    kept = 0
+    for n in reversed(counts[len(system) :]):
+        cost = n + PER_MESSAGE_OVERHEAD_TOKENS
+        if room is not None and used + cost > room:
+            break
+        used += cost
+        kept += 1
+    chosen = turns[len(turns) - kept :]
+    while chosen and chosen[0].role != "user":
+        used -= counts[len(system) + len(turns) - len(chosen)] + PER_MESSAGE_OVERHEAD_TOKENS
+        chosen = chosen[1:]
+    if not chosen and not extra:
+        return built
+    first = built.messages[0]
+    head = [ChatMessage(role="system", content="\n\n".join([first.content, *extra]))] if first.role == "system" else []
+    messages = [*head, *chosen, *built.messages[len(head) :]]
+    return replace(built, messages=messages, prompt_tokens=built.prompt_tokens + used, history_kept=len(chosen))
 
 
 def _joined(messages: Sequence[ChatMessage]) -> str:
@@ -166,6 +222,7 @@ def build_prompt(
     max_total_tokens: int | None,
     max_new_tokens: int,
     estimate_margin_tokens: int | None = None,
+    history: Sequence[ChatMessage] = (),
 ) -> BuiltPrompt[H]:
     """Fill the template with as many of the best-ranked passages as the token limits allow.
 
@@ -225,7 +282,7 @@ def build_prompt(
         while n > 0 and estimate(n) > budget:
             n -= 1
     if estimate_margin_tokens is not None and (budget is None or estimate(n) + estimate_margin_tokens <= budget):
-        return BuiltPrompt(
+        built = BuiltPrompt(
             messages=template.messages(request_query, hits[:n]),
             passages_kept=list(hits[:n]),
             passages_dropped=len(hits) - n,
@@ -235,6 +292,7 @@ def build_prompt(
             template_id=template.template_id,
             template_hash=template.template_hash,
         )
+        return add_history(built, history, count_tokens, budget)
 
     def exact(n: int) -> tuple[list[ChatMessage], int]:
         msgs = template.messages(request_query, hits[:n])
@@ -261,7 +319,7 @@ def build_prompt(
     dropped = len(hits) - n
     if dropped:
         logger.debug("prompt passages dropped=%d kept=%d prompt_tokens=%d budget=%s", dropped, n, tokens, budget)
-    return BuiltPrompt(
+    built = BuiltPrompt(
         messages=messages,
         passages_kept=list(hits[:n]),
         passages_dropped=dropped,
@@ -271,3 +329,4 @@ def build_prompt(
         template_id=template.template_id,
         template_hash=template.template_hash,
     )
+    return add_history(built, history, count_tokens, budget)

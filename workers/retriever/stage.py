@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from workers.adapters.interfaces import ChunkSearch, Hit, LLMTokenCounter, QueryEmbedder, ServerInfo
 from workers.contracts.errors import PermanentError, UnknownFilterFieldError
 from workers.contracts.messages import Passage, Prompt, Provenance, Request, Response
+from workers.retriever.conversation import search_query
 from workers.retriever.metrics import RetrieverMetrics
 from workers.retriever.prompt import ESTIMATE_MARGIN_TOKENS, BuiltPrompt, build_prompt, get_template
 from workers.settings import EmbeddingSettings, RetrieverSettings
@@ -134,7 +135,8 @@ class RetrieverStage:
             return []
         now = datetime.now(UTC)
         t0 = time.perf_counter()
-        emb = await self.embedder.encode_async([r.query for r in requests])
+        queries = [search_query(r.query, r.history) for r in requests]
+        emb = await self.embedder.encode_async(queries)
         t_embed = (time.perf_counter() - t0) * 1000.0
         self.metrics.stage_seconds.labels("embed").observe(t_embed / 1000.0)
 
@@ -153,7 +155,7 @@ class RetrieverStage:
                 k,
                 [dict(requests[j].filters) or None for j in js],
                 self.settings.ef_search,
-                [requests[j].query for j in js],
+                [queries[j] for j in js],
             )
             ms = (time.perf_counter() - ts) * 1000.0
             for j, hits in zip(js, found, strict=True):
@@ -216,6 +218,7 @@ class RetrieverStage:
                     self.limits.max_total_tokens,
                     req.generation.max_new_tokens,
                     margin,
+                    req.history,
                 )
             except PermanentError as exc:
                 one = exc

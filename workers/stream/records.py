@@ -46,12 +46,14 @@ class Incoming:
 
 @dataclass(frozen=True)
 class Output:
-    """A message to produce for an input: topic, key, value bytes and headers."""
+    """A message to produce for an input: topic, key, value bytes, headers and, when it must go to one, the
+    partition (a gateway replica's reply partition; ``None``: chosen from the key)."""
 
     topic: str
     value: bytes
     key: bytes | str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    partition: int | None = None
 
 
 def output_headers(incoming: Incoming, **extra: str) -> dict[str, str]:

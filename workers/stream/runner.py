@@ -22,8 +22,10 @@ runner calls a *chain* of stages for a micro-batch of consumed records and decid
    alone goes to the error hook.
 5. **Outputs**: a final Prompt goes to the prompts topic (refused when larger than the producer's
    ``message.max.bytes``: an error answer and a dead letter instead); a Response goes to the responses topic and,
-   when the request names another ``reply_topic``, a copy there; a :class:`Failure` becomes an error Response
-   (the stage's own, or one the runner builds) plus a dead letter when the failure says so.
+   when the request names another ``reply_topic``, a copy there; to the request's ``reply_partition`` (of the
+   reply topic, else of the responses topic) when it names one, a gateway replica's own partition; a
+   :class:`Failure` becomes an error Response (the stage's own, or one the runner builds) plus a dead letter when
+   the failure says so.
 6. **Remember and record**: final answers are written to the answer store (not those of a retryable failure, so
    a later redelivery tries again); every event (request, prompts, response, dead letters) goes to the event
    recorder when there is one (the monolith's in-process monitor stage).
@@ -410,10 +412,13 @@ class StreamRunner:
         rid = str(item.request.request_id)
         key = item.inc.key or rid
         headers = output_headers(item.inc, request_id=rid)
-        item.out.append(Output(self.routes.responses, value, key, headers))
         reply = item.request.reply_topic
+        partition = item.request.reply_partition
         if reply and reply != self.routes.responses:
-            item.out.append(Output(reply, value, key, headers))
+            item.out.append(Output(self.routes.responses, value, key, headers))
+            item.out.append(Output(reply, value, key, headers, partition))
+        else:  # the asking gateway replica's partition of the responses topic, when it names one
+            item.out.append(Output(self.routes.responses, value, key, headers, partition))
 
     def _reject(
         self, inc: Incoming, request_id: uuid.UUID, error: MessageError, events: list[tuple[Event, Incoming]]

@@ -137,6 +137,21 @@ async def test_stop_sequence_is_not_in_the_text_even_across_tokens(llm: EngineLL
     assert gen.completion_tokens == 4
 
 
+async def test_the_text_is_passed_on_as_it_is_generated_without_the_stop_text(llm: EngineLLM) -> None:
+    """Issue 13: ``on_text`` gets the pieces as the engine generates them; joined they are the answer."""
+    full = (await llm.generate(QUESTION, GenerationParams(max_new_tokens=8))).text
+    words = full.split(" ")[1:]
+    stop = words[2][-2:] + " " + words[3][:2]
+    deltas: list[tuple[str, int]] = []
+
+    async def on_text(delta: str, attempt: int) -> None:
+        deltas.append((delta, attempt))
+
+    gen = await llm.generate(QUESTION, GenerationParams(max_new_tokens=8, stop=[stop]), on_text)
+    assert "".join(d for d, _ in deltas) == gen.text == full[: full.index(stop)]
+    assert len(deltas) >= 3 and all(stop not in d for d, _ in deltas) and {n for _, n in deltas} == {1}
+
+
 async def test_too_long_prompt_is_a_validation_error_without_retry(llm: EngineLLM) -> None:
     long = [ChatMessage(role="user", content="word " * 60)]
     retried: list[str] = []

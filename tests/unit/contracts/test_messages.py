@@ -8,7 +8,17 @@ import uuid
 import pytest
 
 from workers.contracts.errors import MessageError
-from workers.contracts.messages import WIRE_MODELS, ErrorInfo, Request, Response
+from workers.contracts.messages import (
+    FINAL_STATUSES,
+    WIRE_MODELS,
+    CancelEvent,
+    ChatMessage,
+    ErrorInfo,
+    Request,
+    Response,
+    TokenEvent,
+    Usage,
+)
 from workers.contracts.serde import decode, encode
 
 
@@ -82,3 +92,33 @@ def test_no_context_carries_its_message_and_rejected_its_error() -> None:
         Response(request_id=rid, status="rejected", answer=None)
     info = ErrorInfo(error_class="bad_message", message="top_k: >= 1", stage="retriever")
     assert decode(encode(Response(request_id=rid, status="rejected", answer=None, error=info)), Response).error == info
+
+
+def test_a_request_carries_history_reply_partition_and_streaming() -> None:
+    """Issue 13: earlier turns, the asking replica's partition and the token-stream flag travel on the wire."""
+    req = Request(
+        query="what about its return value?",
+        history=[ChatMessage(role="user", content="What does len do?"), ChatMessage(role="assistant", content="x")],
+        reply_partition=3,
+        stream_tokens=True,
+    )
+    back = decode(encode(req), Request)
+    assert back.history == req.history and back.reply_partition == 3 and back.stream_tokens
+    with pytest.raises(ValueError, match="history"):
+        Request(query="q", history=[ChatMessage(role="user", content="x" * 200_001)])
+    with pytest.raises(ValueError):
+        Request(query="q", reply_partition=-1)
+
+
+def test_token_events_cancel_events_and_the_cancelled_status() -> None:
+    rid = uuid.uuid4()
+    ev = TokenEvent(request_id=rid, attempt=5, seq=0, offset=0, delta=" lorem", tokens=1)
+    assert decode(encode(ev), TokenEvent) == ev
+    last = TokenEvent(request_id=rid, attempt=5, seq=1, offset=6, final=True, finish_reason="length", usage=Usage())
+    assert decode(encode(last), TokenEvent).final
+    assert decode(encode(CancelEvent(request_id=rid)), CancelEvent).kind == "cancel"
+    info = ErrorInfo(error_class="cancelled", message="client went away", stage="generator")
+    resp = Response(request_id=rid, status="cancelled", answer=None, error=info)
+    assert decode(encode(resp), Response).status == "cancelled" and "cancelled" in FINAL_STATUSES
+    with pytest.raises(ValueError):
+        Response(request_id=rid, status="cancelled", answer=None)  # an error is required

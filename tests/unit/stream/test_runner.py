@@ -122,6 +122,19 @@ def test_a_bad_message_is_dead_lettered_with_the_reason_and_the_others_go_on() -
     assert [o.topic for o in outs[1]] == ["p"]
 
 
+def test_an_answer_goes_to_the_reply_partition_the_request_names() -> None:
+    """Issue 13: a gateway replica's partition of the responses topic (or of its reply topic), produced to
+    explicitly; without one the key decides."""
+    mine = Request(query="late", deadline=datetime.now(UTC) - timedelta(seconds=1), reply_partition=7)
+    outs = _run(_runner([Retrieve()]), [_inc(encode(mine))])
+    assert [(o.topic, o.partition) for o in outs[0]] == [("r", 7)]  # one message, no copy
+    other = Request(query="late", deadline=mine.deadline, reply_topic="mine", reply_partition=2)
+    outs = _run(_runner([Retrieve()]), [_inc(encode(other))])
+    assert [(o.topic, o.partition) for o in outs[0]] == [("r", None), ("mine", 2)]
+    plain = Request(query="late", deadline=mine.deadline)
+    assert [(o.topic, o.partition) for o in _run(_runner([Retrieve()]), [_inc(encode(plain))])[0]] == [("r", None)]
+
+
 def test_the_default_error_hook_raises_instead_of_skipping() -> None:
     runner = StreamRunner([Retrieve()], input_model=Request, routes=ROUTES, retry=FAST)
     with pytest.raises(PermanentError):
