@@ -165,10 +165,15 @@ class GatewayPipeline:
                     raise RuntimeError(f"gateway {url} did not answer within {timeout_s:.0f} s (logs {self.log_dir})")
                 time.sleep(0.5)
 
-    def stop(self) -> None:
-        """Stop every process this pipeline started."""
-        if self.procs is not None:
-            self.procs.stop(timeout_s=20)
+    def stop(self) -> dict[str, int | None]:
+        """Stop every process this pipeline started (SIGTERM, then SIGKILL after 20 s).
+
+        Returns:
+            ``<worker>-<index>`` → exit code (0 after a clean stop); empty when nothing was started.
+        """
+        if self.procs is None:
+            return {}
+        return self.procs.stop(timeout_s=20)
 
     def delete_topics(self) -> None:
         """Delete this pipeline's topics (every topic with its prefix)."""

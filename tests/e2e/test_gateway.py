@@ -64,12 +64,16 @@ def gw(stack: Any, sim_llm_server: SimulatedLLM, tmp_path_factory: pytest.TempPa
         gateways=2,
         extra_env={"RAG_GATEWAY__RATE_LIMIT_PER_S": "1000"},
     )
+    codes: dict[str, int | None] = {}
     try:
         pipe.start()
         yield pipe
     finally:
-        pipe.stop()
+        codes = pipe.stop()
         delete_topics_with_prefix(stack.bootstrap_servers, pipe.prefix)
+    # a replica finishes its requests on SIGTERM and exits 0 (not by the re-raised signal, -15)
+    gateways = {n: c for n, c in codes.items() if n.startswith("gateway")}
+    assert len(gateways) >= 2 and set(gateways.values()) == {0}, codes
 
 
 def body(content: str = QUESTION, **fields: Any) -> dict[str, Any]:

@@ -9,9 +9,11 @@ No ML library is imported here or below (import-linter contract in ``pyproject.t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
+from collections.abc import Generator
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -55,6 +57,24 @@ def api_keys(settings: Settings) -> ApiKeys:
         return ApiKeys(g.api_keys_sha256, g.allow_anonymous)
     except ValueError as exc:
         raise ConfigError(f"RAG_GATEWAY__API_KEYS_SHA256: {exc}") from None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that ends a graceful shutdown on SIGTERM/SIGINT by returning, not by re-raising the signal.
+
+    uvicorn (0.29+) re-raises the captured signal after shutdown, so the process dies *by* SIGTERM (exit -15) even
+    though every request was finished; a replica, like the workers, exits 0 after a clean stop instead.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list):
+                    captured.clear()
 
 
 async def serve(settings: Settings) -> None:
@@ -101,7 +121,7 @@ async def serve(settings: Settings) -> None:
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10
         )
-        await uvicorn.Server(config).serve(sockets=[sock])
+        await _Server(config).serve(sockets=[sock])
     finally:
         reader.stop()
         producer.close()
