@@ -10,6 +10,8 @@ replicas of each worker (:class:`devstack.pipeline.Pipeline`). A load generator 
 * the broker restarted once (stopped and started again on the same data);
 * the LLM server answering 503 "loading" for 20 s (``POST /admin/faults``);
 * PostgreSQL restarted once;
+* chat completions streamed through two gateway replicas (``ragstream run gateway``) all along, while the
+  generators are killed, the broker restarts and the LLM answers 503 (:mod:`bench.chaos_streams`);
 * malformed messages injected into the requests topic, 6 kinds (not JSON, wrong schema_version, a missing
   field, oversized: larger than the workers' ``message.max.bytes`` but within the broker's, invalid UTF-8, a
   Request without its ``request_id``), each keyed ``bad-<kind>-<n>``.
@@ -29,8 +31,12 @@ check fails:
 * every malformed message whose body names a request id answered ``rejected`` on the responses topic (a client
   waiting on that id is not left to its timeout).
 
+* every stream complete (finish_reason, ``[DONE]``), ended with an error chunk, or refused with an OpenAI error
+  before it began — none cut or malformed; every complete stream's text equal to its request's Response (none
+  mixed); every accepted stream's request id answered on the topic.
+
 Statuses other than ``ok`` are answers (``model_unavailable`` during the 503 window); they are counted by
-status. ``--quick`` is a short run (200 requests, one kill per worker type).
+status. ``--quick`` is a short run (200 requests and 40 streams, one kill per worker type).
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from typing import Any
 
 import httpx
 
+from bench.chaos_streams import StreamLoad, stream_checks
 from devstack.pipeline import Pipeline, WorkerProcess
 from devstack.stack import REPO_ROOT, Stack, StackConfig
 from workers.client import RagClient
@@ -64,10 +71,12 @@ from workers.contracts.messages import FINAL_STATUSES, DeadLetter, GenerationPar
 from workers.contracts.serde import decode
 from workers.contracts.topics import load_topics
 from workers.evaluation.dlq import DeadLetterRecord, read_dead_letters
+from workers.gateway.limits import new_key
 from workers.kafka.admin import admin_client, apply_topics
 from workers.kafka.producer import KafkaProducer
 from workers.kafka.reader import TopicRecord
 from workers.kafka.reader import read_topic as kafka_read_topic
+from workers.ports import resolve_port
 from workers.settings import KafkaSettings, Settings, load_settings
 
 log = logging.getLogger("bench.chaos")
@@ -119,6 +128,9 @@ class ChaosOptions:
         pg_port: PostgreSQL port.
         llm_port: LLM server port.
         session_timeout_ms: the workers' consumer session timeout: how long a killed member holds its partitions.
+        gateways: gateway replicas (``ragstream run gateway``, replica i on reply partition i; 0: none).
+        streams: chat completions streamed through the gateways during the load (spread evenly, round-robin;
+            :mod:`bench.chaos_streams`).
     """
 
     requests: int = 2000
@@ -140,6 +152,8 @@ class ChaosOptions:
     pg_port: int = 35432
     llm_port: int = 38080
     session_timeout_ms: int = 10_000
+    gateways: int = 2
+    streams: int = 200
 
     @property
     def load_seconds(self) -> float:
@@ -157,8 +171,8 @@ def _same_value(letter: DeadLetter, raw: bytes) -> bool:
 
 
 def quick_options(**changes: Any) -> ChaosOptions:
-    """The ``--quick`` run: 200 requests at 5/s, one kill per worker type, a 12-topic corpus."""
-    base = ChaosOptions(requests=200, rate=5.0, kills=1, corpus_docs=12, answer_timeout_s=120.0)
+    """The ``--quick`` run: 200 requests at 5/s and 40 streams, one kill per worker type, a 12-topic corpus."""
+    base = ChaosOptions(requests=200, rate=5.0, kills=1, corpus_docs=12, answer_timeout_s=120.0, streams=40)
     return replace(base, **changes)
 
 
@@ -277,8 +291,15 @@ class Supervisor:
     crash, or a start-up failure while the broker is away) after ``crash_restart_s`` and is recorded.
     """
 
-    def __init__(self, pipeline: Pipeline, kill_restart_s: float = 1.0, crash_restart_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        kill_restart_s: float = 1.0,
+        crash_restart_s: float = 3.0,
+        envs: dict[tuple[str, int], dict[str, str]] | None = None,
+    ) -> None:
         self.pipeline = pipeline
+        self.envs = envs or {}  # (worker, index) → its own environment (a gateway's port and reply partition)
         self.kill_restart_s = kill_restart_s
         self.crash_restart_s = crash_restart_s
         self._lock = threading.Lock()
@@ -300,7 +321,7 @@ class Supervisor:
         with self._lock:
             due, self._due = self._due, []
         for _, worker, index in due:
-            self.pipeline.start_one(worker, index)
+            self.pipeline.start_one(worker, index, self.envs.get((worker, index)))
 
     def kill(self, worker: str, rng: random.Random) -> str:
         """SIGKILL one running replica of ``worker`` (chosen at random); returns which."""
@@ -331,7 +352,7 @@ class Supervisor:
                 ready = [d for d in self._due if d[0] <= now]
                 self._due = [d for d in self._due if d[0] > now]
             for _, worker, index in ready:
-                self.pipeline.start_one(worker, index)
+                self.pipeline.start_one(worker, index, self.envs.get((worker, index)))
                 self.restarts[worker] += 1
             self._stop.wait(0.3)
 
@@ -404,6 +425,18 @@ class ChaosRun:
             "RAG_KAFKA__SESSION_TIMEOUT_MS": str(opts.session_timeout_ms),
             "RAG_LOG_LEVEL": "INFO",
         }
+        self.api_key, digest = new_key()
+        if opts.gateways:
+            self.env.update(
+                {
+                    "RAG_GATEWAY__API_KEYS_SHA256": f'["{digest}"]',
+                    "RAG_GATEWAY__HOST": "127.0.0.1",
+                    "RAG_GATEWAY__RATE_LIMIT_PER_S": "1000",
+                }
+            )
+        self.gateway_envs: dict[tuple[str, int], dict[str, str]] = {}
+        self.gateway_urls: list[str] = []
+        self.streams: StreamLoad | None = None
         self.settings: Settings = load_settings(
             kafka={"bootstrap_servers": stack.bootstrap_servers, "session_timeout_ms": opts.session_timeout_ms},
             database_url=stack.database_url,
@@ -561,6 +594,27 @@ class ChaosRun:
         client.flush(60)
         self.event(f"load done: {self.opts.requests} requests submitted")
 
+    # -- gateways and streams
+
+    def start_gateways(self) -> None:
+        """Start ``gateways`` replicas (replica i: reply partition i, a free port of its own, kept on restarts)."""
+        for i in range(self.opts.gateways):
+            port = resolve_port("auto", setting="RAG_GATEWAY__PORT")
+            env = {**os.environ, **self.env, "RAG_GATEWAY__PORT": str(port), "RAG_GATEWAY__REPLY_PARTITION": str(i)}
+            self.gateway_envs[("gateway", i)] = env
+            self.gateway_urls.append(f"http://127.0.0.1:{port}")
+            self.pipeline.start_one("gateway", i, env)
+
+    def stream_thread(self, start: float) -> threading.Thread:
+        """The thread of the streaming clients (:class:`bench.chaos_streams.StreamLoad`; idle without gateways)."""
+        if self.opts.gateways and self.opts.streams:
+            self.streams = StreamLoad(
+                self.gateway_urls, self.api_key, load_queries(), self.opts.streams, self.opts.load_seconds,
+                self.opts.max_new_tokens,
+            )  # fmt: skip
+            return threading.Thread(target=self.streams.run, args=(start,), name="chaos-streams")
+        return threading.Thread(target=lambda: None, name="chaos-streams")
+
     # -- main
 
     def execute(self) -> ChaosReport:
@@ -574,19 +628,26 @@ class ChaosRun:
         self.pipeline = Pipeline(env=self.env, log_dir=self.log_dir, replicas=dict(self.opts.replicas))
         self.pipeline.start()
         try:
+            self.start_gateways()
             self.pipeline.wait_ready(timeout_s=300)
-            self.event("workers ready: " + ", ".join(f"{w}×{n}" for w, n in self.opts.replicas.items()))
-            self.supervisor = Supervisor(self.pipeline)
+            ready = [f"{w}×{n}" for w, n in self.opts.replicas.items()] + [f"gateway×{self.opts.gateways}"]
+            self.event("workers ready: " + ", ".join(ready))
+            self.supervisor = Supervisor(self.pipeline, envs=self.gateway_envs)
             self.supervisor.start()
             with RagClient(self.settings) as client:
                 plan = self.schedule()
                 start = time.monotonic() + 1.0
                 faults = threading.Thread(target=self.run_faults, args=(plan, start), name="chaos-faults")
                 load = threading.Thread(target=self.run_load, args=(client, start), name="chaos-load")
+                streams = self.stream_thread(start)
                 faults.start()
                 load.start()
+                streams.start()
                 load.join()
                 faults.join()
+                streams.join()
+                if self.streams is not None:
+                    self.event(f"streams done: {len(self.streams.outcomes)}")
                 self.event("fault schedule done")
                 self._wait_answers()
                 client_duplicates = client.duplicates
@@ -687,7 +748,9 @@ class ChaosRun:
         regenerated, races, after_unavailable = 0, 0, 0
         examples: list[str] = []
         statuses: Counter[str] = Counter()
-        for rid in sent:
+        outcomes = self.streams.outcomes if self.streams is not None else []
+        streamed = {o.request_id for o in outcomes if o.request_id is not None}
+        for rid in sent | streamed:
             resps = [r for _, r in sorted(by_id.get(rid, []), key=lambda x: x[0])]
             if not resps:
                 continue
@@ -784,6 +847,11 @@ class ChaosRun:
                     self.fault_counts.get("llm 503 window", 0) == 1,
                 )
             )
+        stream_events: list[str] = []
+        if self.streams is not None:
+            ordered = {rid: [r for _, r in sorted(v, key=lambda x: x[0])] for rid, v in by_id.items()}
+            rows, stream_events = stream_checks(outcomes, ordered, self.opts.streams, self.opts.gateways)
+            checks += [Check(name, value, expected, ok) for name, value, expected, ok in rows]
         checks.append(Check("fault actions failed", str(len(self.fault_errors)), "0", not self.fault_errors))
         checks.append(Check("LLM server requests seen", str(llm_stats.get("requests_seen", "?")), "info"))
         sup = self.supervisor
@@ -804,6 +872,7 @@ class ChaosRun:
         events += [f"regenerated: {e}" for e in examples]
         events += [f"lost: {rid}" for rid in lost[:10]]
         events += [f"fault error: {e}" for e in self.fault_errors]
+        events += stream_events
         if unclean:
             events.append(f"exit codes: {unclean}")
         return ChaosReport(checks=checks, events=events, statuses=dict(statuses), seconds=seconds)
@@ -868,7 +937,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kills", type=int, default=None, help="SIGKILLs per worker type (default 3; quick 1)")
     p.add_argument("--malformed-per-kind", type=int, default=10, help="malformed messages per kind (default 10)")
     p.add_argument("--seed", type=int, default=None, help="random seed of the schedule (default: random)")
-    p.add_argument("--quick", action="store_true", help="short run: 200 requests at 5/s, one kill per worker type")
+    p.add_argument("--streams", type=int, default=None, help="chat completions streamed (default 200; quick 40)")
+    p.add_argument("--gateways", type=int, default=None, help="gateway replicas (default 2; 0: no gateway)")
+    p.add_argument(
+        "--quick", action="store_true", help="short run: 200 requests at 5/s and 40 streams, one kill per worker type"
+    )
     p.add_argument("--keep-stack", action="store_true", help="leave the chaos stack running afterwards")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return p.parse_args(argv)
@@ -883,14 +956,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("librdkafka").setLevel(logging.CRITICAL)  # connection refused while the broker restarts
     opts = quick_options() if args.quick else ChaosOptions()
     changes: dict[str, Any] = {"keep_stack": args.keep_stack, "malformed_per_kind": args.malformed_per_kind}
-    for name in ("requests", "rate", "kills", "seed"):
+    for name in ("requests", "rate", "kills", "seed", "streams", "gateways"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     opts = replace(opts, **changes)
     report = run_chaos(opts)
     print("\n".join(report.events))
     print()
-    print(f"chaos run: {opts.requests} requests at {opts.rate:g}/s, {report.seconds:.0f} s in all")
+    streams = f" and {opts.streams} streams through {opts.gateways} gateways" if opts.gateways and opts.streams else ""
+    print(f"chaos run: {opts.requests} requests at {opts.rate:g}/s{streams}, {report.seconds:.0f} s in all")
     print(report.table())
     print("PASS" if report.ok else "FAIL")
     return 0 if report.ok else 1

@@ -2,8 +2,9 @@
 
 It runs on a stack of its own (``.devstack/chaos-test``, ports 39192/35532/38180, simulated LLM engine): the
 broker and PostgreSQL restarts would disturb the other tests' shared stack. 60 requests at 3/s; one SIGKILL
-per worker type; broker and PostgreSQL restarted once; the LLM server answering 503 for 8 s; 50 malformed
-messages of six kinds. About 2–3 minutes. ``RAG_TEST_KEEP_STACK=1`` leaves its stack running for the next
+per worker type; broker and PostgreSQL restarted once; the LLM server answering 503 for 8 s; 60 malformed
+messages of six kinds; 12 chat completions streamed through two gateway replicas (each complete or ended with an
+error chunk, none mixed). About 2–3 minutes. ``RAG_TEST_KEEP_STACK=1`` leaves its stack running for the next
 session.
 """
 
@@ -25,6 +26,8 @@ def test_small_chaos_run(tmp_path: Path) -> None:
         rate=3.0,
         kills=1,
         replicas={"retriever": 1, "generator": 2, "monitor": 1},
+        gateways=2,
+        streams=12,
         llm_outage_s=8.0,
         answer_timeout_s=120.0,
         seed=3,
