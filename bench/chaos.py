@@ -63,7 +63,7 @@ from typing import Any
 
 import httpx
 
-from bench.chaos_streams import StreamLoad, stream_checks
+from bench.chaos_streams import StreamLoad, gateway_counters, stream_checks
 from devstack.pipeline import Pipeline, WorkerProcess
 from devstack.stack import REPO_ROOT, Stack, StackConfig
 from workers.client import RagClient
@@ -131,6 +131,8 @@ class ChaosOptions:
         gateways: gateway replicas (``ragstream run gateway``, replica i on reply partition i; 0: none).
         streams: chat completions streamed through the gateways during the load (spread evenly, round-robin;
             :mod:`bench.chaos_streams`).
+        stream_tokens: ``max_tokens`` of a stream (plus 0-15): long enough (about 1.5 s at the simulated engine's
+            2 ms/token) that a generator kill often lands mid-stream.
     """
 
     requests: int = 2000
@@ -154,6 +156,7 @@ class ChaosOptions:
     session_timeout_ms: int = 10_000
     gateways: int = 2
     streams: int = 200
+    stream_tokens: int = 600
 
     @property
     def load_seconds(self) -> float:
@@ -610,7 +613,7 @@ class ChaosRun:
         if self.opts.gateways and self.opts.streams:
             self.streams = StreamLoad(
                 self.gateway_urls, self.api_key, load_queries(), self.opts.streams, self.opts.load_seconds,
-                self.opts.max_new_tokens,
+                self.opts.stream_tokens,
             )  # fmt: skip
             return threading.Thread(target=self.streams.run, args=(start,), name="chaos-streams")
         return threading.Thread(target=lambda: None, name="chaos-streams")
@@ -648,6 +651,7 @@ class ChaosRun:
                 streams.join()
                 if self.streams is not None:
                     self.event(f"streams done: {len(self.streams.outcomes)}")
+                    self.gateway_counts = gateway_counters(self.gateway_urls)
                 self.event("fault schedule done")
                 self._wait_answers()
                 client_duplicates = client.duplicates
@@ -850,7 +854,9 @@ class ChaosRun:
         stream_events: list[str] = []
         if self.streams is not None:
             ordered = {rid: [r for _, r in sorted(v, key=lambda x: x[0])] for rid, v in by_id.items()}
-            rows, stream_events = stream_checks(outcomes, ordered, self.opts.streams, self.opts.gateways)
+            rows, stream_events = stream_checks(
+                outcomes, ordered, self.opts.streams, self.opts.gateways, getattr(self, "gateway_counts", None)
+            )
             checks += [Check(name, value, expected, ok) for name, value, expected, ok in rows]
         checks.append(Check("fault actions failed", str(len(self.fault_errors)), "0", not self.fault_errors))
         checks.append(Check("LLM server requests seen", str(llm_stats.get("requests_seen", "?")), "info"))

@@ -201,6 +201,29 @@ class StreamLoad:
             self.outcomes.append(out)
 
 
+#: Gateway counters the chaos table reports (summed over the replicas): metric name → row label.
+GATEWAY_COUNTERS = {
+    "ragstream_gateway_streams_resumed": "  streams resumed from a new attempt (generator killed mid-stream)",
+    "ragstream_gateway_streams_contradicted": "  streams ended because a new attempt's text differed",
+}
+
+
+def gateway_counters(urls: Sequence[str]) -> dict[str, float]:
+    """:data:`GATEWAY_COUNTERS` summed over the replicas' ``/metrics`` (a replica that does not answer counts 0)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = dict.fromkeys(GATEWAY_COUNTERS, 0.0)
+    for url in urls:
+        try:
+            text = httpx.get(url + "/metrics", timeout=10).text
+        except httpx.HTTPError:
+            continue
+        for family in text_string_to_metric_families(text):
+            if family.name in out:
+                out[family.name] += sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return out
+
+
 def _answer(responses: Sequence[Response]) -> Response | None:
     """The authoritative answer among a request id's Responses: the first final one, else the last."""
     finals = [r for r in responses if r.status in FINAL_STATUSES]
@@ -208,7 +231,11 @@ def _answer(responses: Sequence[Response]) -> Response | None:
 
 
 def stream_checks(
-    outcomes: Sequence[StreamOutcome], by_id: dict[uuid.UUID, list[Response]], count: int, gateways: int
+    outcomes: Sequence[StreamOutcome],
+    by_id: dict[uuid.UUID, list[Response]],
+    count: int,
+    gateways: int,
+    counters: dict[str, float] | None = None,
 ) -> tuple[list[tuple[str, str, str, bool | None]], list[str]]:
     """The stream rows of the chaos table and the events that explain failures.
 
@@ -217,6 +244,7 @@ def stream_checks(
         by_id: request id → its Responses on the responses topic, in offset order.
         count: streams the load was to open.
         gateways: gateway replicas.
+        counters: the gateways' counters (:func:`gateway_counters`), reported as information.
 
     Returns:
         ``([(check, value, expected, ok)], [event lines])``; ok None means information only.
@@ -253,10 +281,21 @@ def stream_checks(
         ("  complete streams whose text differs from their Response (mixed)", str(mixed), "0", mixed == 0),
         ("  accepted streams without a Response on the topic", str(lost), "0", lost == 0),
     ]
+    for name, value in (counters or {}).items():
+        rows.append((GATEWAY_COUNTERS.get(name, name), f"{value:g}", "info", None))
     errors = Counter(o.detail.split(":")[0] for o in outcomes if o.kind in ("error_chunk", "refused"))
     if errors:
         events.append("stream errors by code: " + ", ".join(f"{k} {v}" for k, v in errors.most_common()))
     return rows, events
 
 
-__all__ = ["OUTCOMES", "StreamLoad", "StreamOutcome", "parse_stream", "stream_checks", "stream_once"]
+__all__ = [
+    "GATEWAY_COUNTERS",
+    "OUTCOMES",
+    "StreamLoad",
+    "StreamOutcome",
+    "gateway_counters",
+    "parse_stream",
+    "stream_checks",
+    "stream_once",
+]
