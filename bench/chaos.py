@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import random
+import re
 import string
 import subprocess
 import sys
@@ -454,6 +455,7 @@ class ChaosRun:
         self.answers: dict[uuid.UUID, Response] = {}
         self.injected: dict[str, tuple[str, bytes]] = {}  # marker → (kind, raw value)
         self.fault_errors: list[str] = []
+        self.client_errors: Counter[str] = Counter()  # futures resolved with an exception, by message
         self.fault_counts: Counter[str] = Counter()
 
     # -- bookkeeping
@@ -578,8 +580,12 @@ class ChaosRun:
     def _on_answer(self, rid: uuid.UUID, fut: Any) -> None:
         with self._lock:
             self.delivered[rid] += 1
-            if not fut.cancelled() and fut.exception() is None:
+            exc = fut.exception() if not fut.cancelled() else None
+            if not fut.cancelled() and exc is None:
                 self.answers[rid] = fut.result()
+            elif exc is not None:
+                text = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<id>", f"{type(exc).__name__}: {exc}")
+                self.client_errors[text[:200]] += 1
 
     def run_load(self, client: RagClient, start: float) -> None:
         """Submit ``requests`` requests at ``rate`` per second."""
@@ -804,6 +810,12 @@ class ChaosRun:
             Check("lost (no Response on the responses topic)", str(len(lost)), "0", not lost),
             Check("answered more than once to the client", str(delivered_twice), "0", delivered_twice == 0),
             Check("not answered to the client (timeout)", str(unanswered_client), "0", unanswered_client == 0),
+            Check(
+                "failed to the client (an exception, e.g. not delivered)",
+                str(sum(self.client_errors.values())),
+                "0",
+                not self.client_errors,
+            ),
             Check("LLM calls for requests already answered", str(regenerated), "0", regenerated == 0),
             Check("request ids with >1 Response on the topic", str(multi_topic), "allowed"),
             Check("duplicates seen and dropped by the client", str(client_duplicates), "allowed"),
@@ -879,6 +891,7 @@ class ChaosRun:
         events += [f"lost: {rid}" for rid in lost[:10]]
         events += [f"fault error: {e}" for e in self.fault_errors]
         events += stream_events
+        events += [f"client error ×{n}: {e}" for e, n in self.client_errors.most_common(5)]
         if unclean:
             events.append(f"exit codes: {unclean}")
         return ChaosReport(checks=checks, events=events, statuses=dict(statuses), seconds=seconds)

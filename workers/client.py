@@ -1,10 +1,11 @@
 """Client library: produce Requests, wait for the Response with the same request id.
 
-``RagClient`` keeps one idempotent producer and one consumer on the responses topic. The consumer does not
-join a consumer group: it is *assigned* every partition of the responses topic at the high watermark taken
-when the client starts, so it sees every response produced afterwards and never steals partitions from other
-clients. Responses are matched to waiting callers by request id; a request id is answered once to the caller
-(later duplicates, e.g. after a redelivery, are counted and ignored).
+``RagClient`` keeps one idempotent producer (replaced by a new one if it stalls: a request not delivered within
+15 s is produced again, at most 4 times, see :mod:`workers.kafka.resend`) and one consumer on the responses topic.
+The consumer does not join a consumer group: it is *assigned* every partition of the responses topic at the high
+watermark taken when the client starts, so it sees every response produced afterwards and never steals partitions
+from other clients. Responses are matched to waiting callers by request id; a request id is answered once to the
+caller (later duplicates, e.g. after a redelivery, are counted and ignored).
 
 Example::
 
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 from pydantic import ValidationError
 
 from workers.contracts.errors import (
@@ -39,9 +40,16 @@ from workers.contracts.serde import decode, encode
 from workers.kafka.admin import check_broker
 from workers.kafka.producer import KafkaProducer
 from workers.kafka.reader import assign_at, consume_available, reader
+from workers.kafka.resend import ResendingProducer
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Seconds one delivery attempt of a request may take (the client producer's ``message.timeout.ms``).
+DELIVERY_ATTEMPT_S = 15.0
+#: Delivery attempts of a request, each on a client that has not stalled (:mod:`workers.kafka.resend`): a request
+#: fails with :class:`RequestDeliveryError` after about a minute without a broker.
+DELIVERY_ATTEMPTS = 4
 
 #: pydantic error context keys that hold the limit a value broke.
 _LIMIT_KEYS = ("max_length", "min_length", "le", "lt", "ge", "gt")
@@ -112,7 +120,12 @@ class RagClient:
             check_broker(settings.kafka)
         self.requests_topic = settings.topics.name("requests")
         self.responses_topic = settings.topics.name("responses")
-        self._producer = KafkaProducer(settings.kafka, overrides={"linger.ms": 0})
+        # Each delivery attempt gets DELIVERY_ATTEMPT_S; a request that times out is produced again on a new client
+        # (a client can stall after a broker restart: workers.kafka.resend), DELIVERY_ATTEMPTS times in all.
+        overrides = {"linger.ms": 0, "message.timeout.ms": int(DELIVERY_ATTEMPT_S * 1000)}
+        self._producer = ResendingProducer(
+            lambda: KafkaProducer(settings.kafka, overrides=overrides), attempts=DELIVERY_ATTEMPTS
+        )
         self._consumer = reader(settings.kafka, "client", **{"fetch.wait.max.ms": 10})
         self._pending: dict[uuid.UUID, concurrent.futures.Future[Response]] = {}
         self._answered: set[uuid.UUID] = set()
@@ -136,7 +149,7 @@ class RagClient:
         while not self._stop.is_set():
             try:
                 msgs = consume_available(self._consumer, 500, 0.05)
-                self._producer.poll(0)  # serve delivery reports: a request that failed delivery fails its caller
+                self._producer.poll()  # serve delivery reports: a request that failed delivery fails its caller
             except (KafkaException, RuntimeError) as exc:
                 if self._stop.is_set():
                     return
@@ -175,18 +188,17 @@ class RagClient:
         headers.append(("traceparent", f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"))
         key = request.session_id or str(request.request_id)
 
-        def on_delivery(err: KafkaError | None, _msg: object) -> None:
-            if err is not None:  # the request never reached Kafka: fail the caller now, not at its timeout
-                self._forget(request.request_id)
-                if not fut.done():
-                    fut.set_exception(
-                        RequestDeliveryError(
-                            f"request {request.request_id} not delivered to {self.requests_topic}: {err}"
-                        )
+        def on_failed(reason: str) -> None:  # the request never reached Kafka: fail the caller now, not at its timeout
+            self._forget(request.request_id)
+            if not fut.done():
+                fut.set_exception(
+                    RequestDeliveryError(
+                        f"request {request.request_id} not delivered to {self.requests_topic}: {reason}"
                     )
+                )
 
         try:
-            self._producer.produce(self.requests_topic, encode(request), key, headers, on_delivery)
+            self._producer.send(self.requests_topic, encode(request), key, headers, on_failed)
         except BufferError:  # the local queue stayed full past the producer's bound: the broker is away
             self._forget(request.request_id)
             raise RequestDeliveryError(
