@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -217,6 +218,7 @@ def run(worker: Annotated[Worker, typer.Argument(help="Which worker to run in th
     RAG_GATEWAY__RATE_LIMIT_PER_S, RAG_GATEWAY__MAX_BODY_BYTES,
     RAG_GATEWAY__TIMEOUT_S.
     """
+    _stop_cleanly_while_starting()
     s = _settings()
     if worker is Worker.retriever:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -239,6 +241,19 @@ def run(worker: Annotated[Worker, typer.Argument(help="Which worker to run in th
         from workers.monitor.app import run as run_monitor
 
         run_monitor(s)
+
+
+def _stop_cleanly_while_starting() -> None:
+    """Until the worker installs its own graceful SIGTERM handler (once it consumes or serves), SIGTERM ends the
+    process with status 0: it arrives while the process imports and loads its model, before anything was consumed
+    (an orchestrator stopping a replica that is still starting). Without this the process dies *by* the signal
+    (status -15), which supervisors and the chaos run count as an unclean exit."""
+
+    def stop(signum: int, _frame: object) -> None:
+        sys.stderr.write(f"stopped by signal {signum} while starting (nothing consumed yet)\n")
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 @app.command("gateway-key")
