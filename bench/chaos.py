@@ -441,6 +441,7 @@ class ChaosRun:
         self.gateway_envs: dict[tuple[str, int], dict[str, str]] = {}
         self.gateway_urls: list[str] = []
         self.streams: StreamLoad | None = None
+        self.gateway_counts: dict[str, float] | None = None  # the gateways' stream counters, read after the load
         self.settings: Settings = load_settings(
             kafka={"bootstrap_servers": stack.bootstrap_servers, "session_timeout_ms": opts.session_timeout_ms},
             database_url=stack.database_url,
@@ -867,7 +868,7 @@ class ChaosRun:
         if self.streams is not None:
             ordered = {rid: [r for _, r in sorted(v, key=lambda x: x[0])] for rid, v in by_id.items()}
             rows, stream_events = stream_checks(
-                outcomes, ordered, self.opts.streams, self.opts.gateways, getattr(self, "gateway_counts", None)
+                outcomes, ordered, self.opts.streams, self.opts.gateways, self.gateway_counts
             )
             checks += [Check(name, value, expected, ok) for name, value, expected, ok in rows]
         checks.append(Check("fault actions failed", str(len(self.fault_errors)), "0", not self.fault_errors))
