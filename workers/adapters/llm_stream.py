@@ -110,15 +110,20 @@ def tg_chunk(chunk: Any, acc: Acc) -> None:
         acc.completion_tokens = chunk.details.generated_tokens or acc.tokens
 
 
+async def pass_on(acc: Acc, on_delta: OnDelta | None) -> None:
+    """Hand the text ``acc`` has let through since the last call to ``on_delta`` (awaited; nothing when empty)."""
+    if on_delta is not None:
+        new = acc.take()
+        if new:
+            await on_delta(new)
+
+
 async def whole(acc: Acc, text: str, t0: float, on_delta: OnDelta | None) -> Generation:
     """The Generation of an answer that came in one piece (no streaming): ``text`` through the stop filter, passed
     to ``on_delta`` at once."""
     acc.add(text)
     acc.finish_text()
-    if on_delta is not None:
-        new = acc.take()
-        if new:
-            await on_delta(new)
+    await pass_on(acc, on_delta)
     return acc.generation(t0)
 
 
@@ -143,10 +148,7 @@ async def collect(
             if acc.ttft is None:
                 acc.ttft = time.perf_counter()
             on_chunk(chunk, acc)
-            if on_delta is not None:
-                new = acc.take()
-                if new:
-                    await on_delta(new)
+            await pass_on(acc, on_delta)
     except httpx.TransportError as exc:  # the body broke off (llama-cpp-python refusing a prompt mid-response)
         if acc.tokens or isinstance(exc, httpx.TimeoutException):
             raise
@@ -156,8 +158,5 @@ async def collect(
             return None
         raise LLMLoadingError(f"the LLM stream ended after {acc.tokens} tokens without a finish reason")
     acc.finish_text()
-    if on_delta is not None:
-        new = acc.take()
-        if new:
-            await on_delta(new)
+    await pass_on(acc, on_delta)
     return acc.generation(t0)
