@@ -8,9 +8,10 @@ run changes nothing); :func:`topic_partitions` tells how many partitions named t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
@@ -189,17 +190,9 @@ def delete_topics(kafka: KafkaSettings, names: Iterable[str], timeout_s: float =
         return []
     admin = admin_client(kafka)  # kept referenced until the futures are done
     futures = admin.delete_topics(wanted, operation_timeout=timeout_s, request_timeout=timeout_s)
-    deleted = []
-    for name, fut in futures.items():
-        try:
-            fut.result()
-            deleted.append(name)
-        except KafkaException as exc:
-            err = exc.args[0]
-            if err.name() != "UNKNOWN_TOPIC_OR_PART":
-                raise ConfigError(f"deleting topic {name} failed: {err.str()}") from exc
+    deleted = _deleted(futures, "topic", gone=("UNKNOWN_TOPIC_OR_PART",))
     log.info("deleted topics %s", deleted)
-    return sorted(deleted)
+    return deleted
 
 
 def consumer_groups(kafka: KafkaSettings, prefix: str, timeout_s: float = 10.0) -> list[str]:
@@ -230,13 +223,22 @@ def delete_consumer_groups(kafka: KafkaSettings, groups: Iterable[str], timeout_
         return []
     admin = admin_client(kafka)  # kept referenced until the futures are done
     futures = admin.delete_consumer_groups(wanted, request_timeout=timeout_s)
+    return _deleted(futures, "consumer group", gone=("GROUP_ID_NOT_FOUND", "_NOENT"))
+
+
+def _deleted(futures: Mapping[str, Any], what: str, gone: tuple[str, ...]) -> list[str]:
+    """The names whose deletion future succeeded, sorted; a name already gone (error ``gone``) is skipped.
+
+    Raises:
+        ConfigError: another error (the name and the broker's error in the message).
+    """
     deleted = []
-    for group, fut in futures.items():
+    for name, fut in futures.items():
         try:
             fut.result()
-            deleted.append(group)
+            deleted.append(name)
         except KafkaException as exc:
             err = exc.args[0]
-            if err.name() not in ("GROUP_ID_NOT_FOUND", "_NOENT"):
-                raise ConfigError(f"deleting consumer group {group} failed: {err.str()}") from exc
+            if err.name() not in gone:
+                raise ConfigError(f"deleting {what} {name} failed: {err.str()}") from exc
     return sorted(deleted)
