@@ -1,4 +1,5 @@
-"""Small process helpers for devstack: pid files, detached starts, bounded stops, port probes."""
+"""Small process helpers for devstack: pid files, detached starts, bounded stops, port probes, HTTP servers run for
+the length of a ``with`` block."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,3 +187,59 @@ def tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the OS picks it; another process may take it before it is bound again)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serving_http(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    health_path: str,
+    *,
+    what: str,
+    start_timeout_s: float,
+    probe_timeout_s: float = 2.0,
+    poll_s: float = 0.1,
+) -> Iterator[None]:
+    """Wait until the server ``proc`` started answers ``GET url + health_path`` with 200, run the block, then stop it
+    (SIGTERM, SIGKILL after 10 s) however the block ends.
+
+    Args:
+        proc: the server process, already started.
+        url: its base URL (``http://127.0.0.1:PORT``).
+        health_path: the path that answers 200 once it serves (``/health``, ``/v1/models``).
+        what: the server, as the error names it.
+        start_timeout_s: seconds allowed until it answers 200 (a model loads first).
+        probe_timeout_s: timeout of one probe (s).
+        poll_s: pause between probes (s).
+
+    Raises:
+        RuntimeError: the process exited, or did not answer 200 within ``start_timeout_s``.
+    """
+    import httpx
+
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            try:
+                if httpx.get(url + health_path, timeout=probe_timeout_s).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start (exit status {proc.poll()})")
+            time.sleep(poll_s)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

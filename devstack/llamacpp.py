@@ -14,16 +14,13 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
+from devstack._proc import free_port, serving_http
 from devstack.models import SMOLLM2_GGUF
 
 BUILD_HINT = "run `bash scripts/build-llama-cpp.sh` (builds llama-cpp-python once per machine, ~12 minutes)"
@@ -65,32 +62,17 @@ def llama_cpp_server(
     reason = missing() if model is None else None
     if reason:
         raise RuntimeError(reason)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model or SMOLLM2_GGUF), "--chat_format", "chatml",
            "--n_ctx", str(n_ctx), "--host", "127.0.0.1", "--port", str(port), *args]  # fmt: skip
     log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"llama.cpp server {cmd} did not start (exit status {proc.poll()})")
-            time.sleep(0.2)
-        yield url, proc
+        with serving_http(
+            proc, url, "/v1/models", what=f"llama.cpp server {cmd}", start_timeout_s=start_timeout_s, poll_s=0.2
+        ):
+            yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         if log_path is not None and not isinstance(log, int):
             log.close()

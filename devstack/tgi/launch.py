@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from devstack._proc import free_port, serving_http
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,31 +51,14 @@ def tgi_server(args: Sequence[str], start_timeout_s: float = 60.0) -> Iterator[t
     Raises:
         RuntimeError: the server exited or did not become healthy in time.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "devstack.tgi", *args, "--port", str(port), "--log-level", "warning"],
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         cwd=REPO_ROOT,
     )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"LLM server {list(args)} did not start (exit status {proc.poll()})")
-            time.sleep(0.1)
+    with serving_http(
+        proc, url, "/health", what=f"LLM server {list(args)}", start_timeout_s=start_timeout_s, probe_timeout_s=1.0
+    ):
         yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
