@@ -189,11 +189,29 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (the OS picks it; another process may take it before it is bound again)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1", *, pair: bool = False) -> int:
+    """A TCP port free on ``host`` now (the OS picks it; another process may take it before it is bound again).
+
+    Args:
+        host: the address to bind.
+        pair: the next port must be free too (the broker's KRaft controller listens on ``port + 1``).
+
+    Raises:
+        RuntimeError: no free pair found in 50 tries.
+    """
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if not pair:
+            return port
+        with socket.socket() as s2:
+            try:
+                s2.bind((host, port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port pair")
 
 
 @contextmanager

@@ -10,34 +10,17 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from devstack._proc import free_port
 from devstack.stack import REPO_ROOT
 
 #: Common English words: an English answer of a dozen words holds several of them, random tokens none.
 _ENGLISH = {"the", "a", "an", "is", "of", "to", "in", "and", "it", "that", "this", "when", "with", "be", "are", "for"}
-
-
-def _free_port(pair: bool = False) -> int:
-    """A free TCP port on 127.0.0.1 (with ``pair``, the next one free too: Kafka's controller listens there)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if not pair:
-            return port
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair")
 
 
 def _answers(out: str) -> list[tuple[str, list[str]]]:
@@ -68,11 +51,11 @@ def test_demo_answers_three_questions_in_english_with_sources_marked(tmp_path: P
         "--home",
         str(home),
         "--kafka-port",
-        str(_free_port(pair=True)),
+        str(free_port(pair=True)),
         "--pg-port",
-        str(_free_port()),
+        str(free_port()),
         "--llm-port",
-        str(_free_port()),
+        str(free_port()),
     ]
     env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO_ROOT)}
     env = {k: v for k, v in env.items() if not k.startswith("RAG_")}

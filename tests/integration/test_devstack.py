@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -14,31 +13,16 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from devstack._proc import free_port
 from devstack.stack import REPO_ROOT, Stack, StackConfig
-
-
-def _free_port(pair: bool = False) -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not pair:
-            return port
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair")
 
 
 @pytest.fixture(scope="module")
 def own_stack() -> Iterator[Stack]:
     """A second, private stack (Kafka + PostgreSQL) on free ports, so down() cannot disturb other tests."""
-    home = REPO_ROOT / ".devstack" / f"test-own-{_free_port()}"
+    home = REPO_ROOT / ".devstack" / f"test-own-{free_port()}"
     stack = Stack(
-        StackConfig(home=home, kafka_port=_free_port(pair=True), pg_port=_free_port(), services=("kafka", "postgres"))
+        StackConfig(home=home, kafka_port=free_port(pair=True), pg_port=free_port(), services=("kafka", "postgres"))
     )
     try:
         yield stack

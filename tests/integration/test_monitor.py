@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg_pool import ConnectionPool
 
+from devstack._proc import free_port
 from workers.adapters.traces import TraceRecorder
 from workers.contracts.messages import ChatMessage, DeadLetter, Passage, Prompt, Request, Response, Usage
 from workers.contracts.serde import encode
@@ -34,12 +34,6 @@ from workers.settings import Settings, TopicSettings
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0
 WAIT_TIMEOUT_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(cond: Callable[[], Any], timeout_s: float = WAIT_TIMEOUT_S, what: str = "condition") -> Any:
@@ -63,7 +57,7 @@ class Mon:
         make_topics(list(self.topics.values()), partitions=3)
         self.app_id = f"monitor-{unique}"
         self.table = f"traces_{unique}"
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()
         self.pool = ConnectionPool(stack.database_url, min_size=1, max_size=2, open=True)
         self.recorder = TraceRecorder(self.pool, table=self.table)
         self.producer = Producer({"bootstrap.servers": stack.bootstrap_servers, "linger.ms": 1})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
+from devstack._proc import free_port
 from devstack.pipeline import Pipeline
 from devstack.stack import Stack, StackConfig
 from tests.kafka_helpers import committed_and_end, drain, produce
@@ -36,12 +36,6 @@ def _prompt(q: str) -> Prompt:
         request_id=req.request_id, request=req, passages=[], messages=[ChatMessage(role="user", content=q)],
         template_id="t", template_hash="0", prompt_tokens=4, max_new_tokens=4,
     )  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _generator_env(
@@ -188,7 +182,7 @@ def test_sigterm_right_after_an_output_and_with_the_broker_gone(
     again after restart (and re-emitted, not regenerated). With the broker stopped first, the worker still
     exits within its bound."""
     home = tmp_path / "kafka"
-    private = Stack(StackConfig(home=home, kafka_port=_free_port(), services=("kafka",)))
+    private = Stack(StackConfig(home=home, kafka_port=free_port(), services=("kafka",)))
     private.up()
     try:
         from confluent_kafka.admin import AdminClient, NewTopic
