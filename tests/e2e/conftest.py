@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from devstack._proc import free_port
 from workers.contracts.messages import Response
 from workers.contracts.serde import decode
 from workers.kafka.reader import read_topic
@@ -25,11 +27,21 @@ QUESTIONS = ROOT.parent / "shared" / "data" / "questions_public.jsonl"
 DOCS_TABLE = "e2e_pydocs_chunks"
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def wait_trace_rows(database_url: str, table: str, n: int, timeout_s: float = 90.0) -> int:
+    """Poll the monitor's trace ``table`` until ``n`` rows have a response (or ``timeout_s`` passes); the count seen
+    last (0 while the table does not exist yet)."""
+    rows, deadline = 0, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(database_url) as conn:
+                row = conn.execute(f"SELECT count(*) FROM {table} WHERE response_status IS NOT NULL").fetchone()
+                rows = int(row[0]) if row else 0
+        except psycopg.errors.UndefinedTable:
+            rows = 0
+        if rows >= n:
+            break
+        time.sleep(0.5)
+    return rows
 
 
 def public_questions() -> list[dict[str, Any]]:

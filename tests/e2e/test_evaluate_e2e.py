@@ -38,6 +38,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from devstack.pipeline import Pipeline
+from tests.e2e.conftest import wait_trace_rows
 from workers.client import RagClient
 from workers.contracts.messages import Request
 from workers.kafka.reader import committed_offsets
@@ -81,22 +82,6 @@ def _live_state(bootstrap: str, prefix: str) -> dict[str, Any]:
         finally:
             gc.close()
     return {"watermarks": marks, "groups": groups}
-
-
-def _wait_rows(database_url: str, table: str, n: int, timeout_s: float = 90.0) -> int:
-    rows = 0
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with psycopg.connect(database_url) as conn:
-                row = conn.execute(f"SELECT count(*) FROM {table} WHERE response_status IS NOT NULL").fetchone()
-                rows = int(row[0]) if row else 0
-        except psycopg.errors.UndefinedTable:
-            rows = 0
-        if rows >= n:
-            break
-        time.sleep(0.5)
-    return rows
 
 
 def _png_check(path: Path) -> tuple[int, int, float]:
@@ -172,7 +157,7 @@ def test_replay_shadow_evaluate(
                 reqs = [Request(query=q["q"], generation={"max_new_tokens": 24}) for q in questions]  # type: ignore[arg-type]
                 answers = client.ask_many(reqs, timeout_s=600)
             assert [a.status for a in answers.values()].count("ok") == 20
-            assert _wait_rows(stack.database_url, live_table, 20) == 20
+            assert wait_trace_rows(stack.database_url, live_table, 20) == 20
         finally:
             codes = live.stop(timeout_s=40)
         assert all(c == 0 for c in codes.values()), codes

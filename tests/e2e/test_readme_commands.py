@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from devstack.pipeline import Pipeline
+from tests.e2e.conftest import wait_trace_rows
 from tests.readme_blocks import readme_blocks
 from workers.client import RagClient
 from workers.contracts.messages import Request
@@ -64,21 +65,6 @@ def _wait_dead_letters(kafka: KafkaSettings, topic: str, n: int, timeout_s: floa
         time.sleep(0.5)
     assert len(records) == n, records
     return records
-
-
-def _wait_rows(database_url: str, table: str, n: int, timeout_s: float = 90.0) -> int:
-    rows, deadline = 0, time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with psycopg.connect(database_url) as conn:
-                row = conn.execute(f"SELECT count(*) FROM {table} WHERE response_status IS NOT NULL").fetchone()
-                rows = int(row[0]) if row else 0
-        except psycopg.errors.UndefinedTable:
-            rows = 0
-        if rows >= n:
-            break
-        time.sleep(0.5)
-    return rows
 
 
 @pytest.mark.slow
@@ -133,7 +119,7 @@ def test_readme_evaluation_commands_run_as_pasted(
             assert back.returncode == 0 and "delivered=1" in back.stdout, back.stdout
             letters = _wait_dead_letters(kafka, prefix + "rag.dead-letter", 2)
             assert sorted(json.loads(r.value or b"")["attempts"] for r in letters) == [1, 2]
-            assert _wait_rows(stack.database_url, pipeline_env["RAG_MONITOR__TABLE"], 20) == 20
+            assert wait_trace_rows(stack.database_url, pipeline_env["RAG_MONITOR__TABLE"], 20) == 20
         finally:
             codes = live.stop(timeout_s=40)
         assert all(c == 0 for c in codes.values()), codes
