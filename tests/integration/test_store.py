@@ -206,6 +206,34 @@ def test_concurrent_searches_through_a_pool_of_four(
         assert ids == [h.chunk_id for h in store.exact_search(queries[i], k)]
 
 
+def test_four_connections_creating_one_table_at_once_all_succeed(
+    make_store: Callable[..., VectorStore], pool: ConnectionPool
+) -> None:
+    """Two ingests (or an ingest and a retriever) starting on a new table at the same moment: ``CREATE ... IF NOT
+    EXISTS`` alone races on the catalog and one of them fails on a unique key of ``pg_type``/``pg_class``; the
+    advisory lock in ``ensure_schema`` makes every caller succeed. Four connections, five new tables."""
+    assert pool.max_size == 4
+    for n in range(5):
+        stores = [make_store(8, suffix=f"_race{n}") for _ in range(4)]  # same table name, four stores
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(4)
+
+        def worker(store: VectorStore, barrier: threading.Barrier, errors: list[BaseException]) -> None:
+            try:
+                barrier.wait(timeout=30)
+                store.ensure_schema()
+            except BaseException as exc:  # collected and re-raised in the test thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(s, barrier, errors)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors
+        assert stores[0].column_dimension() == 8
+
+
 def test_unreachable_database_fails_fast_with_one_line() -> None:
     with socket_closed_port() as port:
         t0 = time.monotonic()

@@ -156,7 +156,8 @@ class VectorStore:
             RetryableError: the database is unavailable.
             PermanentError: any other database error (e.g. missing privileges).
         """
-        with _translate(f"create table {self.table}"), self.pool.connection() as conn:
+        with _translate(f"create table {self.table}"), self.pool.connection() as conn, conn.transaction():
+            self._serialise_ddl(conn)
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             conn.execute(
                 sql.SQL(
@@ -195,7 +196,8 @@ class VectorStore:
             RetryableError: the database is unavailable.
             PermanentError: any other database error.
         """
-        with _translate(f"create indexes on {self.table}"), self.pool.connection() as conn:
+        with _translate(f"create indexes on {self.table}"), self.pool.connection() as conn, conn.transaction():
+            self._serialise_ddl(conn)
             conn.execute(
                 sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops)").format(
                     i=self._index_name("embedding_hnsw"), t=self._t
@@ -211,6 +213,13 @@ class VectorStore:
                     i=self._index_name("document_id"), t=self._t
                 )
             )
+
+    def _serialise_ddl(self, conn: psycopg.Connection[Any]) -> None:
+        """Hold a transaction-scoped advisory lock on this table's name: two processes creating the same table or
+        index at once (two ingests, an ingest and a retriever starting) would otherwise race on the catalog
+        (``CREATE ... IF NOT EXISTS`` is not atomic: one of them fails on a unique key of ``pg_type`` or
+        ``pg_class``). The lock ends with the transaction."""
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"ragstream ddl {self.table}",))
 
     def column_dimension(self) -> int | None:
         """Dimension of the table's ``embedding`` column (``None`` when the table does not exist).

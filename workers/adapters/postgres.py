@@ -72,7 +72,11 @@ def open_pool(
         try:
             with psycopg.connect(url, connect_timeout=connect_timeout, autocommit=True) as conn:
                 try:
-                    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                    # Two processes starting on a new database at once would race on the catalog (CREATE
+                    # EXTENSION IF NOT EXISTS is not atomic): a transaction-scoped advisory lock serialises them.
+                    with conn.transaction():
+                        conn.execute("SELECT pg_advisory_xact_lock(hashtext('ragstream create extension vector'))")
+                        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
                 except psycopg.Error as exc:
                     raise ServiceUnavailableError(
                         f"PostgreSQL at {where} has no pgvector extension and it cannot be created: {first_line(exc)}"
