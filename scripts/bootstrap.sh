@@ -11,6 +11,11 @@
 #    ...) are in its bin/ too, started by its own python. Bootstrapping a second checkout makes a second
 #    layer and never touches the first.
 #
+# Several bootstraps may run at once (`make test` and `make test-slow` side by side, `make demo` while tests run):
+# they take turns on one lock per machine, and one that finds this checkout's layer up to date (a stamp of the
+# pins, pyproject.toml and the checkout's path) changes nothing, so processes already running from the layer never
+# see a half-written .pth or script. What is rewritten is written to a temporary file and renamed into place.
+#
 # Prints the checkout venv's path on its last line: `source "$(bash scripts/bootstrap.sh | tail -1)/bin/activate"`.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,6 +24,9 @@ command -v "$py" >/dev/null 2>&1 || py=python3
 shared="${RAG_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ragstream/venv-py311}"
 layer="${RAG_CHECKOUT_VENV:-$here/.venv}"
 hash="$(sha256sum "$here/requirements.lock" | cut -c1-16)"
+mkdir -p "$(dirname "$shared")"
+exec 9>"$(dirname "$shared")/.bootstrap.lock"
+flock 9
 if [ "$(cat "$shared/.lock-hash" 2>/dev/null)" != "$hash" ]; then
   if [ ! -x "$shared/bin/python" ]; then
     echo "bootstrap: creating $shared (first time on this machine: downloads torch and friends, a few minutes)" >&2
@@ -37,8 +45,15 @@ if [ ! -x "$layer/bin/python" ] || [ "$(readlink -f "$layer/bin/python")" != "$(
   rm -rf "$layer"
   "$shared/bin/python" -m venv --without-pip "$layer"
 fi
+stamp="$hash $(sha256sum "$here/pyproject.toml" | cut -c1-16) $here $(readlink -f "$shared/bin/python")"
+if [ "$(cat "$layer/.bootstrap-stamp" 2>/dev/null)" = "$stamp" ]; then
+  echo "$layer"  # up to date: nothing to do
+  exit 0
+fi
+# put FILE: standard input into FILE through a temporary file renamed over it (readers see old or new, never half).
+put() { cat > "$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"; }
 purelib() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
-echo "$(purelib "$shared")" > "$(purelib "$layer")/_ragstream_shared_venv.pth"
+purelib "$shared" | put "$(purelib "$layer")/_ragstream_shared_venv.pth"
 
 # The shared venv's commands, started by this layer's python (so they import this checkout's code).
 for src in "$shared"/bin/*; do
@@ -46,12 +61,13 @@ for src in "$shared"/bin/*; do
   case "$name" in python*|pip*|activate*|Activate*|deactivate|ragstream) continue ;; esac
   [ -f "$src" ] || continue
   dst="$layer/bin/$name"
-  rm -f "$dst"
   if head -c 2 "$src" | grep -q '^#!' && head -n 1 "$src" | grep -q "$shared/bin/python"; then
-    { echo "#!$layer/bin/python"; tail -n +2 "$src"; } > "$dst"
-    chmod +x "$dst"
+    { echo "#!$layer/bin/python"; tail -n +2 "$src"; } > "$dst.tmp.$$"
+    chmod +x "$dst.tmp.$$"
+    mv -f "$dst.tmp.$$" "$dst"
   else
-    ln -s "$src" "$dst"
+    ln -sfn "$src" "$dst.tmp.$$"
+    mv -Tf "$dst.tmp.$$" "$dst"
   fi
 done
 
@@ -61,4 +77,5 @@ if ! "$layer/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$h
   cat "$log" >&2; rm -f "$log"; exit 1
 fi
 rm -f "$log"
+echo "$stamp" | put "$layer/.bootstrap-stamp"
 echo "$layer"

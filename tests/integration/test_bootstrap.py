@@ -97,3 +97,45 @@ def test_each_checkout_runs_its_own_code_and_shares_the_pinned_dependencies(tmp_
     )
     assert make.returncode == 0, make.stderr[-2000:]
     assert make.stdout.strip().splitlines()[-1] == str(layer_a)
+
+
+def test_bootstraps_side_by_side_take_turns_and_leave_running_processes_alone(tmp_path: Path) -> None:
+    """`make test` and `make test-slow` side by side (as `.ci/run` runs them) each bootstrap first: two first-time
+    bootstraps of one checkout at once both end with a working layer, and bootstrapping again while the checkout's
+    python starts over and over rewrites nothing (the .pth that makes the shared packages visible was once
+    rewritten every time: a process starting at that moment could not import psutil)."""
+    shared = _shared_venv()
+    want = hashlib.sha256((ROOT / "requirements.lock").read_bytes()).hexdigest()[:16]
+    have = (shared / ".lock-hash").read_text().strip() if (shared / ".lock-hash").exists() else ""
+    if have != want:
+        pytest.skip(f"the shared venv {shared} is not at this checkout's pins (run `make venv` first)")
+    c = tmp_path / "checkout-c"
+    _copy_checkout(c)
+    env = {**os.environ, "RAG_VENV": str(shared)}
+    env.pop("RAG_CHECKOUT_VENV", None)
+
+    def start_bootstrap() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["bash", "scripts/bootstrap.sh"], cwd=c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    first = [start_bootstrap() for _ in range(2)]
+    for p in first:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        assert out.strip().splitlines()[-1] == str(c / ".venv")
+    layer = c / ".venv"
+    assert _where(layer) == (f"ragstream 0.1.0 ({c})", str(c / "workers" / "__init__.py"))
+    pth = next((layer / "lib").glob("python3*/site-packages/_ragstream_shared_venv.pth"))
+    written = pth.stat().st_mtime_ns
+
+    again = [start_bootstrap() for _ in range(3)]
+    for _ in range(10):  # the checkout's python sees the shared packages and its own code throughout
+        imported = subprocess.run(
+            [layer / "bin" / "python", "-c", "import psutil, workers"], capture_output=True, text=True, cwd="/"
+        )
+        assert imported.returncode == 0, imported.stderr[-2000:]
+    for p in again:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    assert pth.stat().st_mtime_ns == written, "an up-to-date layer was rewritten"
