@@ -225,7 +225,8 @@ def ingest_corpus(stack: Stack, table: str, docs: int) -> str:
     code = (
         "import sys\n"
         "from workers.adapters.embedding import Embedder\n"
-        "from workers.retriever.ingest import ingest, python_docs_documents\n"
+        "from workers.retriever.documents import python_docs_documents\n"
+        "from workers.retriever.ingest import ingest\n"
         "from workers.adapters.pgvector import VectorStore\n"
         "from workers.adapters.postgres import open_pool\n"
         "from workers.settings import load_settings\n"

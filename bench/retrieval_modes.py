@@ -19,7 +19,8 @@ from bench.env import QUESTIONS, bench_env
 from workers.adapters.embedding import Embedder
 from workers.adapters.pgvector import VectorStore
 from workers.adapters.postgres import open_pool
-from workers.retriever.ingest import ingest, pydoc_title, python_docs_documents
+from workers.retriever.documents import python_docs_documents
+from workers.retriever.ingest import ingest, pydoc_title
 from workers.settings import EmbeddingSettings, RetrieverSettings
 
 MODES = ("dense", "text", "hybrid")

@@ -134,14 +134,8 @@ def ingest(
     from workers.adapters.embedding import Embedder
     from workers.adapters.pgvector import VectorStore
     from workers.adapters.postgres import open_pool
-    from workers.retriever.ingest import (
-        FolderDocuments,
-        file_title,
-        pydoc_title,
-        python_docs_documents,
-        read_documents,
-        summary_rows,
-    )
+    from workers.retriever.documents import FolderDocuments, python_docs_documents, read_documents
+    from workers.retriever.ingest import file_title, pydoc_title, summary_rows
     from workers.retriever.ingest import ingest as run_ingest
 
     if not python_docs and path is None:

@@ -13,7 +13,8 @@ from psycopg_pool import ConnectionPool
 from workers.adapters.embedding import Embedder
 from workers.adapters.pgvector import VectorStore
 from workers.adapters.postgres import open_pool
-from workers.retriever.ingest import ingest, pydoc_title, python_docs_documents
+from workers.retriever.documents import python_docs_documents
+from workers.retriever.ingest import ingest, pydoc_title
 from workers.settings import EmbeddingSettings
 
 #: The topics indexed: ``nonlocal`` and the first 49 others in name order (50 documents).

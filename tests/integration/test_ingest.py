@@ -13,7 +13,8 @@ from workers.adapters.embedding import Embedder, EmbedResult
 from workers.adapters.llm_server import LLMServerClient
 from workers.adapters.pgvector import VectorStore
 from workers.adapters.postgres import open_pool
-from workers.retriever.ingest import chunk_text, ingest, python_docs_documents
+from workers.retriever.documents import python_docs_documents
+from workers.retriever.ingest import chunk_text, ingest
 from workers.retriever.prompt import build_prompt, get_template
 from workers.settings import EmbeddingSettings, LLMSettings
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from workers.adapters.tokenizers import LocalTokenizerCounter
-from workers.retriever.ingest import chunk_text, path_documents, python_docs_documents
+from workers.retriever.documents import path_documents, python_docs_documents
+from workers.retriever.ingest import chunk_text
 from workers.settings import default_embedding_model_path
 
 

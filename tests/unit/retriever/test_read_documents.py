@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.retriever.ingest import IngestReport, path_documents, read_documents, read_text, summary_rows
+from workers.retriever.documents import path_documents, read_documents, read_text
+from workers.retriever.ingest import IngestReport, summary_rows
 
 FRENCH = (
     "Le café de la gare était fermé. Hélène a préféré rentrer à pied, malgré la pluie.\n"
