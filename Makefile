@@ -24,10 +24,10 @@ lint:
 # both in one session. CI (.ci/run) runs `make test` and `make test-slow` side by side (one shared test stack).
 # mypy's cache is per machine (keyed by file hashes), so a fresh clone checks in seconds rather than 40 s.
 test:
-	@$(VENV_CMD); $(LINT) && python -m pytest -q -p no:cacheprovider -m "not slow" $(ARGS)
+	@$(VENV_CMD); $(LINT) && python -m pytest -q -p no:cacheprovider --durations=15 -m "not slow" $(ARGS)
 
 test-slow:
-	@$(VENV_CMD); python -m pytest -q -p no:cacheprovider -m slow $(ARGS)
+	@$(VENV_CMD); python -m pytest -q -p no:cacheprovider --durations=10 -m slow $(ARGS)
 
 test-all:
 	@$(VENV_CMD); $(LINT) && python -m pytest -q -p no:cacheprovider $(ARGS)
