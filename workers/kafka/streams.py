@@ -33,17 +33,39 @@ log = logging.getLogger(__name__)
 class DeliveringProducer:
     """An idempotent producer with a thread that serves its delivery reports, for asyncio code that awaits them.
 
+    A client that stops delivering is replaced: when :meth:`deliver` gets no report within ``delivery_timeout_s``,
+    or a message times out in librdkafka (``_MSG_TIMED_OUT``), the next messages go to a new client (one new client
+    per stalled one, however many messages saw it stall). After a broker restart librdkafka can leave a partition
+    without a leader for good (confluentinc/librdkafka#5430, see :mod:`workers.kafka.resend`); without this a
+    gateway replica would answer 503 to every request until restarted. The stalled client is kept, its reports
+    served, until its queue is empty (its messages are delivered late or time out); a message it delivers late may
+    duplicate one the caller sent again, which consumers handle by key (request id).
+
     Args:
         kafka: connection settings.
         delivery_timeout_s: longest :meth:`deliver` waits for a delivery report (s).
         overrides: librdkafka properties (e.g. ``{"linger.ms": 0}``).
+        factory: builds each client (default: a :class:`KafkaProducer` of ``kafka`` and ``overrides``).
+
+    Attributes:
+        producer: the current client.
+        replaced: how many stalled clients were replaced (the current client's generation).
+        failed: messages not delivered.
     """
 
     def __init__(
-        self, kafka: KafkaSettings, delivery_timeout_s: float = 10.0, overrides: dict[str, object] | None = None
+        self,
+        kafka: KafkaSettings,
+        delivery_timeout_s: float = 10.0,
+        overrides: dict[str, object] | None = None,
+        factory: Callable[[], KafkaProducer] | None = None,
     ) -> None:
         self.delivery_timeout_s = delivery_timeout_s
-        self.producer = KafkaProducer(kafka, poll_after_produce=False, overrides=overrides)
+        self._factory = factory or (lambda: KafkaProducer(kafka, poll_after_produce=False, overrides=overrides))
+        self._lock = threading.Lock()
+        self.producer = self._factory()
+        self.replaced = 0
+        self._retired: list[KafkaProducer] = []
         self.failed = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="deliveries", daemon=True)
@@ -52,11 +74,38 @@ class DeliveringProducer:
     def _serve(self) -> None:
         while not self._stop.is_set():
             self.producer.poll(0.05)
+            with self._lock:
+                retired = list(self._retired)
+            for p in retired:
+                p.poll(0)
+            if retired:
+                with self._lock:
+                    self._retired = [p for p in self._retired if len(p) > 0]
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
+    def _current(self) -> tuple[KafkaProducer, int]:
+        with self._lock:
+            return self.producer, self.replaced
+
+    def _replace(self, generation: int, why: str) -> None:
+        """Put a new client in place of the one of ``generation``, unless that was done already."""
+        with self._lock:
+            if self.replaced != generation:
+                return
+            self._retired.append(self.producer)
+            self.producer = self._factory()
+            self.replaced += 1
+        log.warning("the producer stopped delivering (%s): the next messages go to a new client", why)
+
+    def _reporter(self, generation: int) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                return
             self.failed += 1
             log.warning("not delivered topic=%s: %s", msg.topic(), err)
+            if err.code() == KafkaError._MSG_TIMED_OUT:
+                self._replace(generation, str(err))
+
+        return on_delivery
 
     def send(self, out: Output) -> None:
         """Queue ``out`` without waiting for its delivery (a failure is logged and counted).
@@ -64,31 +113,36 @@ class DeliveringProducer:
         Raises:
             BufferError: the local queue stayed full.
         """
-        self.producer.produce(out.topic, out.value, out.key, out.headers, self._on_delivery, partition=out.partition)
+        producer, generation = self._current()
+        producer.produce(
+            out.topic, out.value, out.key, out.headers, self._reporter(generation), partition=out.partition
+        )
 
     async def deliver(self, out: Output) -> None:
         """Queue ``out`` and wait for its delivery report (messages of one partition are delivered in order).
 
         Raises:
-            RetryableError: not delivered, or no report within ``delivery_timeout_s``.
+            RetryableError: not delivered, or no report within ``delivery_timeout_s`` (the client is then
+                replaced for the next messages).
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[KafkaError | None] = loop.create_future()
+        producer, generation = self._current()
+        report = self._reporter(generation)
 
         def settle(err: KafkaError | None) -> None:
             if not done.done():
                 done.set_result(err)
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            self._on_delivery(err, msg)
+            report(err, msg)
             loop.call_soon_threadsafe(settle, err)
 
-        await self.producer.produce_async(
-            out.topic, out.value, out.key, out.headers, on_delivery, partition=out.partition
-        )
+        await producer.produce_async(out.topic, out.value, out.key, out.headers, on_delivery, partition=out.partition)
         try:
             err = await asyncio.wait_for(done, self.delivery_timeout_s)
         except TimeoutError:
+            self._replace(generation, f"no delivery report within {self.delivery_timeout_s} s")
             raise RetryableError(
                 f"no delivery report from the broker within {self.delivery_timeout_s} s (topic {out.topic})"
             ) from None
@@ -96,7 +150,8 @@ class DeliveringProducer:
             raise RetryableError(f"not delivered to {out.topic}: {err}")
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Flush within ``timeout_s`` seconds and stop the delivery thread."""
+        """Flush the current client within ``timeout_s`` seconds and stop the delivery thread (a replaced client's
+        messages still queued are dropped)."""
         self.producer.flush(timeout_s)
         self._stop.set()
         self._thread.join(1.0)
