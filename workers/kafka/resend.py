@@ -31,6 +31,57 @@ log = logging.getLogger(__name__)
 RESEND_CODES = frozenset({KafkaError._MSG_TIMED_OUT})
 
 
+class ClientGenerations:
+    """The current producer client and the stalled ones it replaced, for code that swaps a client that stopped
+    delivering (librdkafka#5430) for a new one: :class:`ResendingProducer` and
+    :class:`workers.kafka.streams.DeliveringProducer`.
+
+    Each client has a generation (0 for the first); :meth:`replace` names the generation that was seen stalling,
+    so however many messages saw one client stall, it is replaced once. Replaced clients stay in :attr:`retired`
+    until their queues are empty (:meth:`drop_empty`), so their late reports are still served.
+
+    Args:
+        factory: builds a new client.
+
+    Attributes:
+        current: the client new messages go to.
+        retired: replaced clients with messages possibly still queued.
+        replaced: how many clients were replaced (the current client's generation).
+    """
+
+    def __init__(self, factory: Callable[[], KafkaProducer]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self.current = factory()
+        self.retired: list[KafkaProducer] = []
+        self.replaced = 0
+
+    def get(self) -> tuple[KafkaProducer, int]:
+        """The current client and its generation."""
+        with self._lock:
+            return self.current, self.replaced
+
+    def replace(self, generation: int) -> bool:
+        """Put a new client in place of the one of ``generation``; False when that was done already."""
+        with self._lock:
+            if self.replaced != generation:
+                return False
+            self.retired.append(self.current)
+            self.current = self._factory()
+            self.replaced += 1
+            return True
+
+    def all(self) -> list[KafkaProducer]:
+        """The retired clients and the current one."""
+        with self._lock:
+            return [*self.retired, self.current]
+
+    def drop_empty(self) -> None:
+        """Forget the retired clients with nothing left queued (``flush(0)``: their reports served first)."""
+        with self._lock:
+            self.retired = [p for p in self.retired if p.flush(0) > 0]
+
+
 class ResendingProducer:
     """Produce with a bounded number of delivery attempts, each on a client that has not stalled.
 
@@ -46,13 +97,19 @@ class ResendingProducer:
     def __init__(self, factory: Callable[[], KafkaProducer], attempts: int = 4) -> None:
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {attempts}")
-        self._factory = factory
         self.attempts = attempts
-        self._lock = threading.Lock()
-        self.current = factory()
-        self.retired: list[KafkaProducer] = []
-        self.replaced = 0
+        self.clients = ClientGenerations(factory)
         self.resent = 0
+
+    @property
+    def replaced(self) -> int:
+        """How many stalled clients were replaced."""
+        return self.clients.replaced
+
+    @property
+    def retired(self) -> list[KafkaProducer]:
+        """Replaced clients with messages possibly still queued."""
+        return self.clients.retired
 
     def send(
         self,
@@ -69,8 +126,7 @@ class ResendingProducer:
             BufferError: the current client's queue stayed full (first attempt only; later attempts report it
                 through ``on_failed``).
         """
-        with self._lock:
-            producer, generation = self.current, self.replaced
+        producer, generation = self.clients.get()
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is None:
@@ -89,38 +145,28 @@ class ResendingProducer:
 
     def _replace(self, generation: int, err: KafkaError) -> None:
         """Replace the client of ``generation`` unless that was done already."""
-        with self._lock:
-            if self.replaced != generation:
-                return
-            self.retired.append(self.current)
-            self.current = self._factory()
-            self.replaced += 1
+        if not self.clients.replace(generation):
+            return
         log.warning(
             "a message was not delivered in time (%s): producing the stalled client's messages again on a new "
             "client (librdkafka#5430: a partition without a leader after a broker restart)",
             err,
         )
 
-    def _all(self) -> list[KafkaProducer]:
-        with self._lock:
-            return [*self.retired, self.current]
-
     def poll(self) -> None:
         """Serve the delivery reports of every client (the stalled ones' time-outs trigger the new attempts); a
         stalled client with nothing left is dropped."""
-        for p in self._all():
+        for p in self.clients.all():
             p.poll(0)
-        with self._lock:
-            done = [p for p in self.retired if p.flush(0) == 0]
-            self.retired = [p for p in self.retired if p not in done]
+        self.clients.drop_empty()
 
     def flush(self, timeout_s: float = 10.0) -> int:
         """Wait up to ``timeout_s`` seconds until nothing is queued on any client; returns how many are left."""
         deadline = time.monotonic() + timeout_s
         while True:
-            left = sum(p.flush(0.05) for p in self._all())
+            left = sum(p.flush(0.05) for p in self.clients.all())
             if left == 0 or time.monotonic() >= deadline:
                 return left
 
 
-__all__ = ["RESEND_CODES", "ResendingProducer"]
+__all__ = ["RESEND_CODES", "ClientGenerations", "ResendingProducer"]

@@ -24,6 +24,7 @@ from workers.contracts.messages import CancelEvent, Request, TokenEvent
 from workers.contracts.serde import decode, encode
 from workers.kafka.producer import KafkaProducer
 from workers.kafka.reader import assign_at, consume_available, reader
+from workers.kafka.resend import ClientGenerations
 from workers.settings import KafkaSettings
 from workers.stream.records import Output
 
@@ -48,8 +49,8 @@ class DeliveringProducer:
         factory: builds each client (default: a :class:`KafkaProducer` of ``kafka`` and ``overrides``).
 
     Attributes:
-        producer: the current client.
-        replaced: how many stalled clients were replaced (the current client's generation).
+        clients: the current client and the replaced ones (:class:`workers.kafka.resend.ClientGenerations`);
+            ``producer`` and ``replaced`` read the current client and how many were replaced.
         failed: messages not delivered.
     """
 
@@ -61,40 +62,36 @@ class DeliveringProducer:
         factory: Callable[[], KafkaProducer] | None = None,
     ) -> None:
         self.delivery_timeout_s = delivery_timeout_s
-        self._factory = factory or (lambda: KafkaProducer(kafka, poll_after_produce=False, overrides=overrides))
-        self._lock = threading.Lock()
-        self.producer = self._factory()
-        self.replaced = 0
-        self._retired: list[KafkaProducer] = []
+        self.clients = ClientGenerations(
+            factory or (lambda: KafkaProducer(kafka, poll_after_produce=False, overrides=overrides))
+        )
         self.failed = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="deliveries", daemon=True)
         self._thread.start()
 
+    @property
+    def producer(self) -> KafkaProducer:
+        """The current client."""
+        return self.clients.current
+
+    @property
+    def replaced(self) -> int:
+        """How many stalled clients were replaced."""
+        return self.clients.replaced
+
     def _serve(self) -> None:
         while not self._stop.is_set():
-            self.producer.poll(0.05)
-            with self._lock:
-                retired = list(self._retired)
-            for p in retired:
-                p.poll(0)
-            if retired:
-                with self._lock:
-                    self._retired = [p for p in self._retired if len(p) > 0]
-
-    def _current(self) -> tuple[KafkaProducer, int]:
-        with self._lock:
-            return self.producer, self.replaced
+            self.clients.current.poll(0.05)
+            if self.clients.retired:
+                for p in self.clients.retired[:]:
+                    p.poll(0)
+                self.clients.drop_empty()
 
     def _replace(self, generation: int, why: str) -> None:
         """Put a new client in place of the one of ``generation``, unless that was done already."""
-        with self._lock:
-            if self.replaced != generation:
-                return
-            self._retired.append(self.producer)
-            self.producer = self._factory()
-            self.replaced += 1
-        log.warning("the producer stopped delivering (%s): the next messages go to a new client", why)
+        if self.clients.replace(generation):
+            log.warning("the producer stopped delivering (%s): the next messages go to a new client", why)
 
     def _reporter(self, generation: int) -> Callable[[KafkaError | None, Message], None]:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
@@ -113,7 +110,7 @@ class DeliveringProducer:
         Raises:
             BufferError: the local queue stayed full.
         """
-        producer, generation = self._current()
+        producer, generation = self.clients.get()
         producer.produce(
             out.topic, out.value, out.key, out.headers, self._reporter(generation), partition=out.partition
         )
@@ -127,7 +124,7 @@ class DeliveringProducer:
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[KafkaError | None] = loop.create_future()
-        producer, generation = self._current()
+        producer, generation = self.clients.get()
         report = self._reporter(generation)
 
         def settle(err: KafkaError | None) -> None:
