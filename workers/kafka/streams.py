@@ -37,8 +37,8 @@ class DeliveringProducer:
     A client that stops delivering is replaced: when :meth:`deliver` gets no report within ``delivery_timeout_s``,
     or a message times out in librdkafka (``_MSG_TIMED_OUT``), the next messages go to a new client (one new client
     per stalled one, however many messages saw it stall). After a broker restart librdkafka can leave a partition
-    without a leader for good (confluentinc/librdkafka#5430, see :mod:`workers.kafka.resend`); without this a
-    gateway replica would answer 503 to every request until restarted. The stalled client is kept, its reports
+    without a leader (confluentinc/librdkafka#5430, see :mod:`workers.kafka.resend`); without this a gateway
+    replica answers 503 for as long as its client stays stalled. The stalled client is kept, its reports
     served, until its queue is empty (its messages are delivered late or time out); a message it delivers late may
     duplicate one the caller sent again, which consumers handle by key (request id).
 
