@@ -38,7 +38,7 @@ class ClientGenerations:
 
     Each client has a generation (0 for the first); :meth:`replace` names the generation that was seen stalling,
     so however many messages saw one client stall, it is replaced once. Replaced clients stay in :attr:`retired`
-    until their queues are empty (:meth:`drop_empty`), so their late reports are still served.
+    until their queues are empty (:meth:`poll`), so their late reports are still served.
 
     Args:
         factory: builds a new client.
@@ -76,10 +76,17 @@ class ClientGenerations:
         with self._lock:
             return [*self.retired, self.current]
 
-    def drop_empty(self) -> None:
-        """Forget the retired clients with nothing left queued (``flush(0)``: their reports served first)."""
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Serve the delivery reports of every client (the current one waiting up to ``timeout_s`` seconds for one),
+        then forget the retired clients with nothing left queued."""
         with self._lock:
-            self.retired = [p for p in self.retired if p.flush(0) > 0]
+            current, retired = self.current, list(self.retired)
+        for p in retired:
+            p.poll(0)
+        current.poll(timeout_s)
+        if retired:
+            with self._lock:
+                self.retired = [p for p in self.retired if p.flush(0) > 0]
 
 
 class ResendingProducer:
@@ -156,9 +163,7 @@ class ResendingProducer:
     def poll(self) -> None:
         """Serve the delivery reports of every client (the stalled ones' time-outs trigger the new attempts); a
         stalled client with nothing left is dropped."""
-        for p in self.clients.all():
-            p.poll(0)
-        self.clients.drop_empty()
+        self.clients.poll()
 
     def flush(self, timeout_s: float = 10.0) -> int:
         """Wait up to ``timeout_s`` seconds until nothing is queued on any client; returns how many are left."""

@@ -82,11 +82,7 @@ class DeliveringProducer:
 
     def _serve(self) -> None:
         while not self._stop.is_set():
-            self.clients.current.poll(0.05)
-            if self.clients.retired:
-                for p in self.clients.retired[:]:
-                    p.poll(0)
-                self.clients.drop_empty()
+            self.clients.poll(0.05)
 
     def _replace(self, generation: int, why: str) -> None:
         """Put a new client in place of the one of ``generation``, unless that was done already."""
